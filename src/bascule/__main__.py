@@ -1,0 +1,3 @@
+from bascule.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""The `bascule` command: run, check, version (and the packet-mode commands when present)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bascule import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bascule", description="A load balancer and reverse proxy for every connection model."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve: with -c FILE, or the built-in demo without")
+    run.add_argument("-c", "--config", help="config file (.yaml, .yml or .toml)")
+    run.add_argument("--print-demo", action="store_true", help="print the demo config and exit")
+    check = sub.add_parser("check", help="validate a config file; exit 0 when it is valid")
+    check.add_argument("-c", "--config", required=True, help="config file to check")
+    sub.add_parser("version", help="print the version")
+    try:
+        from bascule.packet.cli import register
+    except ImportError:
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"bascule {__version__}")
+        return 0
+    from bascule.config.errors import ConfigError
+    from bascule.config.loader import load_config
+
+    if args.command == "check":
+        try:
+            config = load_config(args.config)
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            return 2
+        print(f"{args.config}: ok ({len(config.listeners)} listeners, "
+              f"{len(config.clusters)} clusters)")
+        return 0
+    if args.command == "run":
+        from bascule.runtime.supervisor import run
+
+        if args.config is None:
+            from bascule.config.demo import DEMO_BACKENDS, DEMO_YAML, demo_config
+
+            if args.print_demo:
+                print(DEMO_YAML)
+                return 0
+            return run(demo_config(), demo_backends=DEMO_BACKENDS)
+        try:
+            config = load_config(args.config)
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            return 2
+        return run(config)
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return int(handler(args))
+    return 2

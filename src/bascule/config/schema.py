@@ -1,0 +1,384 @@
+"""The config schema: what a bascule config file may say, as frozen pydantic models.
+
+Rules of this module:
+- Every model forbids unknown keys (a typo is an error, not a silent default) and is frozen:
+  a loaded config is a snapshot, swapped whole on reload, never edited in place.
+- Every default lives here, next to its field, and is documented in the README's config
+  reference; change both together.
+- Durations are float seconds, sizes int bytes, addresses (host, port) (see units.py).
+- Cross-references (a route naming a cluster) are checked in `Config`, so the error names the
+  key that refers to something missing.
+- A validator that knows which key below its model is wrong raises `PathError` with that key's
+  path (relative to the model), so the loader can name the key and its line, not just the model.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bascule.config.units import Address, Duration, Size
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a header name
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- clusters
+
+
+class EndpointConfig(Model):
+    address: Address
+    weight: int = Field(default=1, ge=0, le=1000)
+    backup: bool = False
+    max_connections: int = Field(default=0, ge=0)
+
+    @field_validator("address")
+    @classmethod
+    def _real_port(cls, value: tuple[str, int]) -> tuple[str, int]:
+        # Port 0 means "any port" when binding (listeners in tests use it), but nothing can be
+        # reached at port 0, so for an endpoint it is always a mistake.
+        if value[1] == 0:
+            raise ValueError("port 0 is not a port an endpoint can listen on")
+        return value
+
+
+class ClusterTimeouts(Model):
+    connect: Duration = 5.0
+    response_header: Duration = 60.0  # from the request's last byte to the response head
+    idle: Duration = 60.0  # upstream silence while a response body streams
+    total: Duration = 0.0  # whole exchange; 0 disables
+
+
+class PoolConfig(Model):
+    max_idle: int = Field(default=64, ge=0)  # idle keep-alive connections kept per endpoint
+    idle_timeout: Duration = 30.0
+
+
+class RetryConfig(Model):
+    # retries after the first try, each to another endpoint
+    attempts: int = Field(default=2, ge=0, le=10)
+
+
+class ClusterConfig(Model):
+    name: Name
+    balancer: str = "round_robin"  # any name in bascule.upstream.balancers.BALANCERS
+    endpoints: list[EndpointConfig] = Field(min_length=1)
+    timeouts: ClusterTimeouts = ClusterTimeouts()
+    pool: PoolConfig = PoolConfig()
+    retries: RetryConfig = RetryConfig()
+
+    @field_validator("balancer")
+    @classmethod
+    def _known_balancer(cls, value: str) -> str:
+        from bascule.upstream.balancers import BALANCERS
+
+        if value not in BALANCERS:
+            raise ValueError(f"unknown balancer {value!r}; known: {', '.join(sorted(BALANCERS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_endpoints(self) -> ClusterConfig:
+        seen: set[tuple[str, int]] = set()
+        for i, endpoint in enumerate(self.endpoints):
+            if endpoint.address in seen:
+                host, port = endpoint.address
+                raise PathError(("endpoints", i, "address"), f"duplicate endpoint {host}:{port}")
+            seen.add(endpoint.address)
+        return self
+
+
+# ---------------------------------------------------------------- routes
+
+
+class HeaderMatch(Model):
+    """Match a header (or query parameter, or cookie) by exact value, regex, or presence."""
+
+    name: str = Field(min_length=1)
+    value: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> HeaderMatch:
+        given = [x for x in (self.value, self.regex, self.present) if x is not None]
+        if len(given) > 1:
+            raise ValueError("give at most one of value, regex, present")
+        if self.regex is not None:
+            try:
+                _check_regex(self.regex)
+            except ValueError as e:
+                raise PathError(("regex",), str(e)) from e
+        return self
+
+
+class RouteMatch(Model):
+    host: str | None = None  # exact, or `*.example.com` for any subdomain
+    path: str | None = None  # exact path
+    path_prefix: str | None = None
+    path_regex: str | None = None  # matched against the whole path (re.fullmatch)
+    method: list[str] | None = None
+    headers: list[HeaderMatch] = []
+    query: list[HeaderMatch] = []
+    cookies: list[HeaderMatch] = []
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _methods(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("method")
+    @classmethod
+    def _upper(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [m.upper() for m in value]
+
+    @field_validator("path", "path_prefix")
+    @classmethod
+    def _slash(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"must start with '/', got {value!r}")
+        return value
+
+    @field_validator("path_regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_regex(value)
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "*" in value and not (value.startswith("*.") and "*" not in value[2:]):
+            raise ValueError(f"wildcards are only allowed as a leading '*.', got {value!r}")
+        return value.lower()
+
+
+class WeightedCluster(Model):
+    cluster: Name
+    weight: int = Field(ge=0, le=10000)
+
+
+class Redirect(Model):
+    location: str | None = None  # absolute target; or build one from the parts below
+    scheme: str | None = None
+    host: str | None = None
+    path: str | None = None
+    status: Literal[301, 302, 303, 307, 308] = 302
+    keep_query: bool = True
+
+    @model_validator(mode="after")
+    def _target(self) -> Redirect:
+        parts = [p for p in ("scheme", "host", "path") if getattr(self, p) is not None]
+        if self.location is None and not parts:
+            # With nothing to change, the redirect would point at itself: a loop for the client.
+            raise ValueError("a redirect needs location, or at least one of scheme, host, path")
+        if self.location is not None and parts:
+            raise PathError((parts[0],), "give either location or scheme/host/path, not both")
+        if self.path is not None and not self.path.startswith("/"):
+            raise PathError(("path",), f"must start with '/', got {self.path!r}")
+        return self
+
+
+class DirectResponse(Model):
+    status: int = Field(default=200, ge=200, le=599)
+    body: str = ""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+class HeaderEdits(Model):
+    set: dict[str, str] = {}
+    add: dict[str, str] = {}
+    remove: list[str] = []
+
+    @model_validator(mode="after")
+    def _wire_safe(self) -> HeaderEdits:
+        # These go onto the wire verbatim: a CR or LF in them would split the message (header
+        # injection), and a name outside RFC 9110's token grammar makes a message peers reject.
+        for key in ("set", "add"):
+            for name, value in getattr(self, key).items():
+                if not _TOKEN.fullmatch(name):
+                    raise PathError((key, name), f"{name!r} is not a valid header name")
+                if _BAD_VALUE.search(value):
+                    raise PathError((key, name), "header values must not contain CR, LF or NUL")
+        for i, name in enumerate(self.remove):
+            if not _TOKEN.fullmatch(name):
+                raise PathError(("remove", i), f"{name!r} is not a valid header name")
+        return self
+
+
+class RouteConfig(Model):
+    name: str | None = None
+    match: RouteMatch = RouteMatch()
+    cluster: Name | None = None
+    split: list[WeightedCluster] | None = None
+    redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
+    rewrite_path_prefix: str | None = None  # replaces the matched path_prefix
+    request_headers: HeaderEdits = HeaderEdits()
+    response_headers: HeaderEdits = HeaderEdits()
+    buffer_request: bool = False  # read the whole body before choosing an endpoint: retryable
+    max_request_body: Size | None = None  # 413 above it; default: the listener's limit
+
+    @model_validator(mode="after")
+    def _one_action(self) -> RouteConfig:
+        actions = [
+            a
+            for a in ("cluster", "split", "redirect", "direct_response")
+            if getattr(self, a) is not None
+        ]
+        message = "a route needs exactly one action: cluster, split, redirect or direct_response"
+        if not actions:
+            raise ValueError(message)
+        if len(actions) > 1:
+            # Point at the second action: the first one is the likely intent.
+            raise PathError((actions[1],), f"{message} (got {', '.join(actions)})")
+        if self.split is not None and sum(w.weight for w in self.split) <= 0:
+            raise PathError(("split",), "split weights must not all be zero")
+        if self.rewrite_path_prefix is not None and self.match.path_prefix is None:
+            raise PathError(("rewrite_path_prefix",), "rewrite_path_prefix needs match.path_prefix")
+        return self
+
+
+# ---------------------------------------------------------------- listeners
+
+
+class ForwardedConfig(Model):
+    """Which client-identity headers bascule adds to requests it forwards."""
+
+    x_forwarded_for: bool = True
+    x_forwarded_proto: bool = True
+    x_forwarded_host: bool = True
+    forwarded: bool = True  # RFC 7239
+    via: bool = True
+
+
+class ListenerTimeouts(Model):
+    request_header: Duration = 10.0  # whole request head must arrive within this (slowloris)
+    idle: Duration = 60.0  # keep-alive wait for the next request
+    request_body: Duration = 60.0  # client silence while a request body streams
+    drain: Duration = 30.0  # on shutdown, in-flight exchanges get this long to finish
+
+
+class ListenerLimits(Model):
+    max_uri: Size = 8192  # 414 above it
+    max_header_size: Size = 65536  # whole request head; 431 above it
+    max_headers: int = Field(default=100, ge=1)  # 431 above it
+    max_request_body: Size = 0  # 413 above it; 0 means no limit for streamed bodies
+    max_buffered_body: Size = 10 * 1024 * 1024  # limit for `buffer_request` routes
+    max_connections: int = Field(default=10000, ge=1)  # per worker; beyond it accept pauses
+
+
+class ListenerConfig(Model):
+    name: Name
+    address: Address
+    protocol: Literal["http"] = "http"
+    routes: list[RouteConfig] = Field(min_length=1)
+    trusted_proxies: list[str] = []  # CIDRs whose forwarding headers are appended to, not replaced
+    forwarded: ForwardedConfig = ForwardedConfig()
+    timeouts: ListenerTimeouts = ListenerTimeouts()
+    limits: ListenerLimits = ListenerLimits()
+    server_name: str = "bascule"  # the `by`/Via name of this proxy
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for i, cidr in enumerate(value):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as e:
+                raise PathError((i,), f"{cidr!r} is not a CIDR such as 10.0.0.0/8") from e
+        return value
+
+
+# ---------------------------------------------------------------- root
+
+
+class AccessLogConfig(Model):
+    path: str | None = "-"  # '-' is standard output; null turns the access log off
+    format: Literal["json", "combined"] = "json"
+
+
+class Config(Model):
+    workers: int | Literal["auto"] = "auto"
+    access_log: AccessLogConfig = AccessLogConfig()
+    listeners: list[ListenerConfig] = []
+    clusters: list[ClusterConfig] = []
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("workers must be between 1 and 256, or auto")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        names = [c.name for c in self.clusters]
+        _unique(names, "clusters", "cluster")
+        _unique([listener.name for listener in self.listeners], "listeners", "listener")
+        known = set(names)
+        for li, listener in enumerate(self.listeners):
+            for ri, route in enumerate(listener.routes):
+                targets: list[tuple[tuple[str | int, ...], str]] = []
+                if route.cluster is not None:
+                    targets.append((("cluster",), route.cluster))
+                for si, weighted in enumerate(route.split or []):
+                    targets.append((("split", si, "cluster"), weighted.cluster))
+                for key, target in targets:
+                    if target not in known:
+                        raise ReferenceError_(
+                            ("listeners", li, "routes", ri, *key), f"no cluster named {target!r}"
+                        )
+        return self
+
+    @property
+    def worker_count(self) -> int:
+        import os
+
+        if self.workers == "auto":
+            return len(os.sched_getaffinity(0)) or 1
+        return int(self.workers)
+
+
+class PathError(ValueError):
+    """A validator's error about one key below the model that raised it; carries that key's path.
+
+    The path is relative to the model whose validator raised (pydantic reports the model's own
+    location); for `Config` that is the whole path from the root.
+    """
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = tuple(int(p) if isinstance(p, str) and p.isdigit() else p for p in path)
+        self.message = message
+
+
+class ReferenceError_(PathError):  # the underscore: not the builtin ReferenceError
+    """A cross-reference to something missing; carries the key path it was found at."""
+
+
+def _unique(names: list[str], key: str, what: str) -> None:
+    """Refuse a name used twice, pointing at its second use."""
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise PathError((key, i, "name"), f"duplicate {what} name {name!r}")
+        seen.add(name)
+
+
+def _check_regex(pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"invalid regular expression {pattern!r}: {e}") from e

@@ -1,0 +1,730 @@
+"""One exchange: a request routed to a cluster, sent to an endpoint, its response relayed.
+
+Rules of this module:
+- The flow is listener → route → cluster → balancer → endpoint, in `start` and `_dispatch`.
+- Bodies stream both ways with backpressure: a full upstream buffer pauses client reads, a
+  full client buffer pauses upstream reads. Memory per exchange is a few read buffers.
+- A retry happens only for idempotent methods (RFC 9110 §9.2.2), before any response byte
+  reached the client, when the request body is empty or wholly held, to an endpoint not yet
+  tried, at most `retries.attempts` times (seed 003 §5).
+- Framing is decided here, per hop: the client's Content-Length passes through, a chunked
+  body is re-chunked (or sent with a Content-Length when it is already complete), and a
+  response is sent with its Content-Length, chunked, or close-delimited for HTTP/1.0 clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Final
+
+from bascule.codec.headers import FORWARDING, HOP_BY_HOP, forwarded_element, split_list
+from bascule.codec.http1 import (
+    CHUNKED,
+    CONTINUE_100,
+    IDEMPOTENT_METHODS,
+    LAST_CHUNK,
+    LENGTH,
+    NO_BODY,
+    error_body,
+    reason_phrase,
+    response_has_body,
+    simple_response,
+)
+from bascule.codec.headers import client_from_xff
+from bascule.l7.router import DIRECT, REDIRECT, Route
+from bascule.l7.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from bascule.l7.request import Request
+    from bascule.l7.session import HttpSession
+    from bascule.upstream.cluster import Cluster
+    from bascule.upstream.endpoint import Endpoint
+
+INF: Final = float("inf")
+_BUFFER_HIGH: Final = 64 * 1024
+_UPSTREAM: Final = 2  # session pause reasons (see session.py)
+_BUFFER: Final = 4
+_CRLF: Final = b"\r\n"
+
+
+class Exchange:
+    __slots__ = (
+        "_head",
+        "_task",
+        "bytes_sent",
+        "client_chunked",
+        "close_after",
+        "cluster",
+        "conn",
+        "connecting",
+        "ctx",
+        "deadline_response",
+        "deadline_total",
+        "endpoint",
+        "error",
+        "finished",
+        "loop",
+        "out",
+        "replay",
+        "request",
+        "request_sent",
+        "response_done",
+        "response_started",
+        "retries",
+        "route",
+        "session",
+        "status",
+        "t_header",
+        "t_upstream",
+        "tried",
+        "until_close",
+        "upstream_read_paused",
+        "waiting_body",
+    )
+
+    def __init__(self, session: HttpSession, request: Request) -> None:
+        self.session = session
+        self.ctx = session.ctx
+        self.loop = session.loop
+        self.request = request
+        self.route: Route | None = None
+        self.cluster: Cluster | None = None
+        self.endpoint: Endpoint | None = None
+        self.conn: UpstreamConnection | None = None
+        self.connecting = False
+        self._task: asyncio.Task[None] | None = None
+        self._head = b""
+        self.tried: list[Endpoint] = []
+        self.retries = 0
+        self.replay: list[bytes] | None = None
+        self.out: list[bytes] = []
+        self.status = 0
+        self.bytes_sent = 0
+        self.client_chunked = False
+        self.until_close = False
+        self.close_after = False
+        self.request_sent = False
+        self.response_started = False
+        self.response_done = False
+        self.finished = False
+        self.waiting_body = False
+        self.upstream_read_paused = False
+        self.deadline_response = 0.0
+        self.deadline_total = 0.0
+        self.t_upstream = 0.0
+        self.t_header = 0.0
+        self.error = ""
+
+    # ------------------------------------------------------------ routing
+
+    def start(self) -> None:
+        request = self.request
+        ctx = self.ctx
+        route = ctx.router.match(
+            request.method, request.host, request.path, request.query, request.header_values
+        )
+        if route is None:
+            self.respond_local(404, error_body(404, "no route"), "no route")
+            return
+        self.route = route
+        if route.kind == DIRECT:
+            self.respond_raw(route.direct)
+            return
+        if route.kind == REDIRECT:
+            assert route.redirect is not None
+            location = route.redirect_location("http", request.host, request.path, request.query)
+            self.respond_local(
+                route.redirect.status, b"", "", extra=[(b"Location", location.encode("latin-1"))]
+            )
+            return
+        self.cluster = ctx.clusters[route.pick_cluster()]
+        total = self.cluster.spec.timeouts.total
+        if total:
+            self.deadline_total = self.loop.time() + total
+            self.session.arm(self.deadline_total)
+        if route.buffer_request and not request.complete:
+            limit = route.max_request_body or ctx.limits.max_buffered_body
+            if request.framing == LENGTH and request.content_length > limit:
+                self.client_failed(413, "request body too large to buffer")
+                return
+            if request.expect_continue and request.version == "1.1":
+                request.expect_continue = False
+                self.session.write(CONTINUE_100)
+            self.waiting_body = True
+            return
+        self._dispatch()
+
+    def _accept(self, endpoint: Endpoint) -> bool:
+        return endpoint not in self.tried
+
+    def _dispatch(self) -> None:
+        cluster = self.cluster
+        assert cluster is not None
+        endpoint = cluster.pick(None, self._accept if self.tried else None)
+        if endpoint is None:
+            if self.tried:
+                self.respond_error(502, self.error or "no endpoint left to retry")
+            else:
+                self.respond_error(503, f"no healthy endpoint in cluster {cluster.name}")
+            return
+        self.endpoint = endpoint
+        endpoint.active += 1
+        endpoint.requests += 1
+        self.tried.append(endpoint)
+        pool = cluster.pools[endpoint]
+        conn = pool.acquire()
+        if conn is not None:
+            assert isinstance(conn, UpstreamConnection)
+            self._attach(conn)
+            return
+        self.connecting = True
+        self._task = self.loop.create_task(self._connect(cluster, endpoint))
+
+    async def _connect(self, cluster: Cluster, endpoint: Endpoint) -> None:
+        pool = cluster.pools[endpoint]
+        loop = self.loop
+        try:
+            async with asyncio.timeout(cluster.spec.timeouts.connect):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(pool, endpoint, loop), endpoint.host, endpoint.port
+                )
+        except TimeoutError:
+            if self.endpoint is endpoint and not self.finished:
+                self.connecting = False
+                self.upstream_error(504, f"connect to {endpoint.address} timed out", True)
+            return
+        except OSError as e:
+            if self.endpoint is endpoint and not self.finished:
+                self.connecting = False
+                reason = e.strerror or str(e)
+                self.upstream_error(502, f"connect to {endpoint.address}: {reason}", True)
+            return
+        pool.created += 1
+        if self.finished or self.endpoint is not endpoint:
+            pool.release(conn, loop.time())  # a fresh connection is still good for the next
+            return
+        self.connecting = False
+        self._attach(conn)
+
+    # ------------------------------------------------------------ request to upstream
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        request = self.request
+        conn.lend(self, request.method == "HEAD")
+        self.t_upstream = time.monotonic()
+        transport = conn.transport
+        assert transport is not None
+        if request.complete:
+            body = self.replay if self.replay is not None else list(request.body)
+            request.body.clear()
+            request.body_buffered = 0
+            if request.method in IDEMPOTENT_METHODS:
+                self.replay = body
+            if not self._head:
+                self._head = self._request_head(sum(map(len, body)), False)
+            if body:
+                transport.writelines([self._head, *body])
+            else:
+                transport.write(self._head)
+            self._request_finished()
+        else:
+            self._head = self._request_head(0, request.framing == CHUNKED)
+            out = [self._head]
+            if request.framing == CHUNKED:
+                for chunk in request.body:
+                    out += (b"%x\r\n" % len(chunk), chunk, _CRLF)
+            else:
+                out.extend(request.body)
+            request.body.clear()
+            request.body_buffered = 0
+            transport.writelines(out)
+            self.session.resume_reading(_BUFFER)
+
+    def _request_finished(self) -> None:
+        self.request_sent = True
+        timeout = self.cluster.spec.timeouts.response_header if self.cluster else 0.0
+        if timeout and not self.response_started:
+            self.deadline_response = self.loop.time() + timeout
+            self.session.arm(self.deadline_response)
+
+    def on_request_body(self, data: bytes) -> None:
+        if self.response_done or self.finished:
+            return  # answered already: the rest of the body is read and dropped
+        request = self.request
+        conn = self.conn
+        if conn is not None and conn.transport is not None:
+            if request.framing == CHUNKED:
+                conn.transport.writelines((b"%x\r\n" % len(data), data, _CRLF))
+            else:
+                conn.transport.write(data)
+            return
+        request.body.append(data)
+        request.body_buffered += len(data)
+        if self.waiting_body:
+            route = self.route
+            assert route is not None
+            limit = route.max_request_body or self.ctx.limits.max_buffered_body
+            if request.body_buffered > limit:
+                self.client_failed(413, "request body too large to buffer")
+        elif request.body_buffered > _BUFFER_HIGH:
+            self.session.pause_reading(_BUFFER)
+
+    def on_request_complete(self) -> None:
+        if self.response_done:
+            self._finish()
+            return
+        if self.finished:
+            return
+        if self.waiting_body:
+            self.waiting_body = False
+            self._dispatch()
+            return
+        conn = self.conn
+        if conn is not None and conn.transport is not None:
+            if self.request.framing == CHUNKED:
+                conn.transport.write(LAST_CHUNK)
+            self._request_finished()
+
+    def _request_head(self, body_length: int, chunked: bool) -> bytes:
+        """The head bascule sends upstream: hop-by-hop fields out, client identity in."""
+        request = self.request
+        session = self.session
+        ctx = self.ctx
+        fwd = ctx.forwarded
+        route = self.route
+        assert route is not None
+        target = request.target
+        if route.rewrite_prefix is not None:
+            path = route.rewrite(request.path)
+            target = (path + ("?" + request.query if request.query else "")).encode("latin-1")
+        lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), target)]
+        drop = HOP_BY_HOP | request.conn_tokens if request.conn_tokens else HOP_BY_HOP
+        edits = route.request_edits
+        removed = edits.remove
+        trusted = bool(ctx.trusted) and ctx.trusted.contains(session.peer)
+        prior_xff: list[bytes] = []
+        prior_fwd: list[bytes] = []
+        proto = b"http"
+        xhost = b""
+        for lname, name, value in request.headers:
+            if lname in drop:
+                continue
+            if lname in FORWARDING:
+                if lname == b"via":
+                    lines.append(b"%s: %s\r\n" % (name, value))
+                elif trusted:
+                    if lname == b"x-forwarded-for":
+                        prior_xff.append(value)
+                    elif lname == b"forwarded":
+                        prior_fwd.append(value)
+                    elif lname == b"x-forwarded-proto":
+                        proto = value
+                    elif lname == b"x-forwarded-host":
+                        xhost = value
+                    else:
+                        lines.append(b"%s: %s\r\n" % (name, value))
+                continue
+            if removed and lname in removed:
+                continue
+            if lname == b"expect" and request.complete:
+                continue  # the whole body is here: nothing to wait for
+            lines.append(b"%s: %s\r\n" % (name, value))
+        peer = session.peer.encode()
+        if fwd.x_forwarded_for:
+            if prior_xff:
+                lines.append(b"X-Forwarded-For: %s, %s\r\n" % (b", ".join(prior_xff), peer))
+            else:
+                lines.append(b"X-Forwarded-For: %s\r\n" % peer)
+        if fwd.x_forwarded_proto:
+            lines.append(b"X-Forwarded-Proto: %s\r\n" % proto)
+        host = request.header_values(b"host")
+        if fwd.x_forwarded_host and (xhost or host):
+            lines.append(b"X-Forwarded-Host: %s\r\n" % (xhost or host[0]))
+        if fwd.forwarded:
+            element = forwarded_element(
+                session.peer, ctx.server_name, "http", host[0].decode("latin-1") if host else None
+            )
+            if prior_fwd:
+                element = b", ".join(prior_fwd) + b", " + element
+            lines.append(b"Forwarded: %s\r\n" % element)
+        if fwd.via:
+            lines.append(b"Via: %s\r\n" % ctx.via)
+        if request.framing == CHUNKED:
+            if chunked:
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                lines.append(b"Content-Length: %d\r\n" % body_length)
+        if edits:
+            lines += [b"%s: %s\r\n" % pair for pair in edits.set]
+            lines += [b"%s: %s\r\n" % pair for pair in edits.add]
+        lines.append(_CRLF)
+        return b"".join(lines)
+
+    # ------------------------------------------------------------ response from upstream
+
+    def on_response_head(
+        self,
+        conn: UpstreamConnection,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        version: str,
+    ) -> None:
+        if conn is not self.conn or self.finished:
+            return
+        request = self.request
+        if status < 200:
+            if status == 101:
+                self.upstream_failed(conn, "endpoint switched protocols unasked")
+                return
+            if request.version == "1.1" and not self.response_started:
+                lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))]
+                lines += [
+                    b"%s: %s\r\n" % (n, v) for n, v in headers if n.lower() not in HOP_BY_HOP
+                ]
+                lines.append(_CRLF)
+                self.out.append(b"".join(lines))
+            return
+        now = self.loop.time()
+        self.t_header = time.monotonic()
+        self.deadline_response = 0.0
+        self.status = status
+        has_body = response_has_body(request.method, status)
+        route = self.route
+        assert route is not None
+        edits = route.response_edits
+        removed = edits.remove
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))]
+        length: bytes | None = None
+        chunked = False
+        tokens: list[bytes] = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"transfer-encoding":
+                    chunked = True
+                elif lname == b"connection":
+                    tokens.append(value)
+                continue
+            if lname == b"content-length":
+                length = value
+                continue
+            if removed and lname in removed:
+                continue
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if tokens:
+            named = {t.strip().lower() for v in tokens for t in v.split(b",")}
+            named -= {b"close", b"keep-alive"}
+            if named:
+                lines = [lines[0]] + [
+                    line for line in lines[1:]
+                    if line.split(b":", 1)[0].lower() not in named
+                ]
+        client_11 = request.version == "1.1"
+        if not has_body:
+            if length is not None and not chunked:
+                lines.append(b"Content-Length: %s\r\n" % length)
+        elif chunked or length is None:
+            # chunked or close-delimited upstream: re-chunk for 1.1, close-delimit for 1.0
+            self.until_close = not chunked
+            if client_11:
+                self.client_chunked = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.close_after = True
+        else:
+            lines.append(b"Content-Length: %s\r\n" % length)
+        if not request.keep_alive or self.ctx.draining:
+            self.close_after = True
+        if self.close_after:
+            lines.append(b"Connection: close\r\n")
+        elif not client_11:
+            lines.append(b"Connection: keep-alive\r\n")
+        if self.ctx.forwarded.via:
+            lines.append(b"Via: %s\r\n" % self.ctx.via)
+        if edits:
+            lines += [b"%s: %s\r\n" % pair for pair in edits.set]
+            lines += [b"%s: %s\r\n" % pair for pair in edits.add]
+        lines.append(_CRLF)
+        self.response_started = True
+        self.out.append(b"".join(lines))
+        idle = self.cluster.spec.timeouts.idle if self.cluster else 0.0
+        if idle and has_body:
+            self.session.arm(now + idle)
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        self.bytes_sent += len(data)
+        if self.client_chunked:
+            self.out += (b"%x\r\n" % len(data), data, _CRLF)
+        else:
+            self.out.append(data)
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            self.out = []
+            if len(out) == 1:
+                self.session.write(out[0])
+            elif not self.session._closing:
+                self.session.transport.writelines(out)
+
+    def on_response_complete(self, conn: UpstreamConnection) -> None:
+        if conn is not self.conn or self.finished:
+            return
+        if self.client_chunked:
+            self.out.append(LAST_CHUNK)
+        self.flush()
+        self.response_done = True
+        self._release_upstream(conn.keep_alive and self.request_sent)
+        if self.request.complete:
+            self._finish()
+        else:
+            # The answer came before the whole request: drop the rest of the body, then go on.
+            self.session.resume_reading(_UPSTREAM | _BUFFER)
+
+    def _release_upstream(self, reusable: bool) -> None:
+        conn = self.conn
+        endpoint = self.endpoint
+        if endpoint is not None:
+            endpoint.active -= 1
+            self.endpoint = None
+        if conn is None:
+            return
+        self.conn = None
+        conn.detach()
+        if self.upstream_read_paused and conn.transport is not None and not conn.closed:
+            conn.transport.resume_reading()
+            self.upstream_read_paused = False
+        if reusable and not conn.closed and endpoint is not None and self.cluster is not None:
+            self.cluster.pools[endpoint].release(conn, self.loop.time())
+        else:
+            conn.close()
+
+    # ------------------------------------------------------------ failures
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        """The endpoint closed the connection before its response was complete."""
+        if conn is not self.conn or self.finished:
+            return
+        if self.response_started and self.until_close:
+            self.on_response_complete_close(conn)
+            return
+        if self.response_started:
+            self.error = "endpoint closed the connection mid-response"
+            self._abort()
+            return
+        self.upstream_error(502, "endpoint closed the connection before responding", True)
+
+    def on_response_complete_close(self, conn: UpstreamConnection) -> None:
+        conn.keep_alive = False
+        self.on_response_complete(conn)
+
+    def upstream_failed(self, conn: UpstreamConnection, reason: str) -> None:
+        """The endpoint sent something that is not HTTP: 502, no retry."""
+        if conn is not self.conn or self.finished:
+            return
+        if self.response_started:
+            self.error = reason
+            self._abort()
+            return
+        self.upstream_error(502, reason, False)
+
+    def upstream_error(self, status: int, reason: str, retryable: bool) -> None:
+        endpoint = self.endpoint
+        if endpoint is not None:
+            endpoint.failures += 1
+        self.error = reason
+        self._release_upstream(False)
+        self.out.clear()
+        if retryable and self._can_retry():
+            self.retries += 1
+            self._dispatch()
+            return
+        self.respond_error(status, reason)
+
+    def _can_retry(self) -> bool:
+        cluster = self.cluster
+        request = self.request
+        return (
+            cluster is not None
+            and self.retries < cluster.spec.retries.attempts
+            and not self.response_started
+            and request.complete
+            and request.method in IDEMPOTENT_METHODS
+            and (request.framing == NO_BODY or self.replay is not None)
+        )
+
+    def check_deadlines(self, now: float) -> float:
+        """Act on an expired upstream deadline (returns -1), else the next one (or INF)."""
+        nxt = INF
+        d = self.deadline_response
+        if d:
+            if d <= now:
+                self._timeout("endpoint did not answer in time")
+                return -1
+            nxt = d
+        d = self.deadline_total
+        if d:
+            if d <= now:
+                self._timeout("exchange exceeded its total timeout")
+                return -1
+            nxt = min(nxt, d)
+        conn = self.conn
+        if conn is not None and self.response_started and self.cluster is not None:
+            idle = self.cluster.spec.timeouts.idle
+            if idle:
+                d = (now if self.upstream_read_paused else conn.last_read) + idle
+                if d <= now:
+                    self._timeout("endpoint went idle mid-response")
+                    return -1
+                nxt = min(nxt, d)
+        return nxt
+
+    def _timeout(self, reason: str) -> None:
+        if self.endpoint is not None:
+            self.endpoint.failures += 1
+        self.error = reason
+        if self.response_started:
+            self._abort()
+            return
+        self._release_upstream(False)
+        self.respond_error(504, reason)
+
+    def client_failed(self, status: int, reason: str) -> None:
+        """The client broke the request mid-way (bad chunk, body too large, too slow)."""
+        self.error = reason
+        self._release_upstream(False)
+        if self.response_started:
+            self._abort()
+            return
+        self.out.clear()
+        self.close_after = True
+        self.request.complete = True  # nothing more will be read from this client
+        self.respond_error(status, reason)
+
+    def client_lost(self) -> None:
+        if self.finished:
+            return
+        if not self.response_done:
+            self.error = self.error or "client closed the connection"
+            if not self.response_started:
+                self.status = 499  # nginx's code for "client went away"
+        self._release_upstream(False)
+        self.finished = True
+        self._log()
+
+    def _abort(self) -> None:
+        self._release_upstream(False)
+        self.flush()
+        self.finished = True
+        self._log()
+        self.session.abort()
+
+    # ------------------------------------------------------------ local responses
+
+    def respond_error(self, status: int, reason: str) -> None:
+        extra = [(b"Retry-After", b"1")] if status == 503 else None
+        self.respond_local(status, error_body(status, reason), reason, extra=extra)
+
+    def respond_local(
+        self,
+        status: int,
+        body: bytes,
+        reason: str,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        request = self.request
+        if reason:
+            self.error = reason
+        close = self.close_after or not request.keep_alive or self.ctx.draining
+        self.respond_raw(
+            simple_response(status, body, close=close, extra=extra,
+                            head_only=request.method == "HEAD"),
+            status, close,
+        )
+
+    def respond_raw(self, data: bytes, status: int = 0, close: bool = False) -> None:
+        if not status:
+            status = int(data[9:12])
+        self.status = status
+        self.close_after = close or self.close_after
+        self.response_started = True
+        self.response_done = True
+        self.bytes_sent = len(data)
+        self.session.write(data)
+        if self.request.complete:
+            self._finish()
+        else:
+            self.session.resume_reading(_UPSTREAM | _BUFFER)
+
+    # ------------------------------------------------------------ the end
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._log()
+        self.session.exchange_done(self, self.close_after)
+
+    def _log(self) -> None:
+        log = self.ctx.access_log
+        if not log.enabled:
+            return
+        request = self.request
+        session = self.session
+        now = time.monotonic()
+        t_up = self.t_upstream
+        trusted = self.ctx.trusted
+        client = session.peer
+        if trusted:
+            client = client_from_xff(
+                session.peer, split_list(request.header_values(b"x-forwarded-for")), trusted
+            )
+        endpoint = self.tried[-1].address if self.tried else ""
+        log.log(
+            listener=self.ctx.name,
+            client=client,
+            peer=session.peer,
+            method=request.method,
+            uri=request.target.decode("latin-1"),
+            version=request.version,
+            status=self.status,
+            bytes_sent=self.bytes_sent,
+            endpoint=endpoint,
+            cluster=self.cluster.name if self.cluster is not None else "",
+            route=self.route.name if self.route is not None else "",
+            upstream_header_ms=(self.t_header - t_up) * 1000 if self.t_header and t_up else 0.0,
+            upstream_ms=(now - t_up) * 1000 if t_up else 0.0,
+            total_ms=(now - request.start) * 1000,
+            retries=self.retries,
+            host=request.host,
+            user_agent=request.header(b"user-agent"),
+            referer=request.header(b"referer"),
+            error=self.error,
+        )
+
+    # ------------------------------------------------------------ flow control
+
+    def upstream_pause_writing(self) -> None:
+        self.session.pause_reading(_UPSTREAM)
+
+    def upstream_resume_writing(self) -> None:
+        self.session.resume_reading(_UPSTREAM)
+
+    def client_pause_writing(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.transport is not None and not self.upstream_read_paused:
+            self.upstream_read_paused = True
+            conn.transport.pause_reading()
+
+    def client_resume_writing(self) -> None:
+        conn = self.conn
+        if self.upstream_read_paused:
+            self.upstream_read_paused = False
+            if conn is not None and conn.transport is not None and not conn.closed:
+                conn.last_read = self.loop.time()
+                conn.transport.resume_reading()

@@ -1,0 +1,496 @@
+"""One downstream HTTP/1.1 connection: parse requests, run exchanges in order, enforce limits.
+
+Rules of this module:
+- One exchange runs at a time; pipelined requests wait in order (RFC 9112 §9.3.2) and reading
+  pauses while one waits, so a pipelining client cannot make us buffer without bound.
+- Reading pauses for several independent reasons (pipelining, a full upstream buffer, a body
+  buffered while connecting); it resumes only when none is left.
+- Every timeout is a deadline checked by one timer per session: setting a later deadline costs
+  nothing, the timer re-arms itself to the earliest one when it fires.
+- A bad request earns its status (400, 408, 413, 414, 431, 501), an access-log line and a
+  graceful close; it never touches another connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Final
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from bascule.codec.headers import connection_tokens
+from bascule.codec.http1 import (
+    CHUNKED,
+    LENGTH,
+    ProtocolError,
+    error_body,
+    parse_content_length,
+    parse_transfer_encoding,
+    simple_response,
+)
+from bascule.l7.context import ListenerContext
+from bascule.l7.exchange import Exchange
+from bascule.l7.request import Request
+
+INF: Final = float("inf")
+
+# reasons to pause reading from the client
+PIPELINE: Final = 1
+UPSTREAM: Final = 2
+BUFFER: Final = 4
+LINGER_SECONDS: Final = 2.0
+_HEAD_SLACK: Final = 16 * 1024
+
+_SPECIAL: Final = frozenset({
+    b"host", b"content-length", b"transfer-encoding", b"connection", b"expect",
+})
+
+
+class HttpSession(asyncio.Protocol):
+    __slots__ = (
+        "_broken",
+        "_closing",
+        "_error",
+        "_head_bytes",
+        "_head_size",
+        "_headers",
+        "_in_head",
+        "_lingering",
+        "_parsing",
+        "_paused",
+        "_timer",
+        "_timer_at",
+        "_url",
+        "body_deadline",
+        "ctx",
+        "exchange",
+        "header_deadline",
+        "idle_deadline",
+        "last_read",
+        "loop",
+        "parser",
+        "peer",
+        "peer_port",
+        "pending",
+        "transport",
+        "write_paused_since",
+    )
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = HttpRequestParser(self)
+        self.peer = ""
+        self.peer_port = 0
+        self.exchange: Exchange | None = None
+        self.pending: deque[Request] = deque()
+        self._parsing: Request | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes, bytes]] = []
+        self._head_size = 0
+        self._head_bytes = 0
+        self._in_head = True
+        self._paused = 0
+        self._closing = False
+        self._lingering = False
+        self._error: ProtocolError | None = None
+        self._broken: ProtocolError | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = INF
+        self.header_deadline = 0.0
+        self.idle_deadline = 0.0
+        self.body_deadline = 0.0
+        self.last_read = 0.0
+        self.write_paused_since = 0.0
+
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        ctx = self.ctx
+        ctx.sessions.add(self)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer, self.peer_port = peer[0], peer[1]
+        if len(ctx.sessions) > ctx.limits.max_connections or ctx.draining:
+            self._closing = True
+            transport.abort()
+            return
+        self.header_deadline = self.loop.time() + ctx.timeouts.request_header
+        self.arm(self.header_deadline)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            limits = self.ctx.limits
+            if self._head_bytes > limits.max_header_size + limits.max_uri + _HEAD_SLACK:
+                self._protocol_error(ProtocolError("request head too large", 431))
+                return
+        self.last_read = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            # `Connection: upgrade` made llhttp stop after the head. bascule strips Upgrade and
+            # serves the request as plain HTTP, so parse what follows as the next request.
+            offset = e.args[0] if e.args else len(data)
+            self.parser = HttpRequestParser(self)
+            if offset < len(data) and not self._closing:
+                self.data_received(data[offset:])
+        except HttpParserError as e:
+            err = self._error or ProtocolError(f"malformed request: {e}")
+            self._error = None
+            self._protocol_error(err)
+
+    def eof_received(self) -> bool | None:
+        # A client may half-close after its last request and still read the answer.
+        if self.exchange is not None and self._parsing is None:
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.ctx.sessions.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.client_lost()
+        self.pending.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused_since = self.loop.time()
+        if self.exchange is not None:
+            self.exchange.client_pause_writing()
+
+    def resume_writing(self) -> None:
+        self.write_paused_since = 0.0
+        if self.exchange is not None:
+            self.exchange.client_resume_writing()
+
+    # ------------------------------------------------------------ httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        if self.idle_deadline:
+            self.idle_deadline = 0.0
+        if not self.header_deadline:
+            self.header_deadline = self.loop.time() + self.ctx.timeouts.request_header
+            self.arm(self.header_deadline)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.ctx.limits.max_uri:
+            self._error = ProtocolError("request target too long", 414)
+            raise self._error
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        limits = self.ctx.limits
+        if self._head_size > limits.max_header_size:
+            self._error = ProtocolError("request header fields too large", 431)
+            raise self._error
+        if len(self._headers) >= limits.max_headers:
+            self._error = ProtocolError("too many header fields", 431)
+            raise self._error
+        self._headers.append((name.lower(), name, value))
+
+    def on_headers_complete(self) -> None:
+        now = self.loop.time()
+        started = time.monotonic()
+        self._in_head = False
+        self._head_bytes = 0
+        self.header_deadline = 0.0
+        parser = self.parser
+        method = parser.get_method().decode("ascii", "replace")
+        request = Request(method, self._url, parser.get_http_version(), self._headers, started)
+        request.keep_alive = parser.should_keep_alive()
+        try:
+            self._check_head(request)
+        except ProtocolError as e:
+            self._error = e
+            raise
+        self._parsing = request
+        if request.framing:
+            self.body_deadline = now + self.ctx.timeouts.request_body
+            self.arm(self.body_deadline)
+        if self.exchange is None and not self.pending:
+            self._start(request)
+        else:
+            self.pending.append(request)
+            self.pause_reading(PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        if request is None:
+            return
+        request.body_received += len(body)
+        limit = self.ctx.limits.max_request_body
+        if limit and request.body_received > limit:
+            self._error = ProtocolError("request body too large", 413)
+            raise self._error
+        exchange = self.exchange
+        if exchange is not None and exchange.request is request:
+            exchange.on_request_body(body)
+        else:
+            request.body.append(body)
+            request.body_buffered += len(body)
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        if request is None:
+            return
+        self._parsing = None
+        self.body_deadline = 0.0
+        request.complete = True
+        exchange = self.exchange
+        if exchange is not None and exchange.request is request:
+            exchange.on_request_complete()
+
+    # ------------------------------------------------------------ request head rules
+
+    def _check_head(self, request: Request) -> None:
+        """RFC 9112 framing and the listener's limits; raises ProtocolError with the status."""
+        hosts: list[bytes] = []
+        lengths: list[bytes] = []
+        codings: list[bytes] = []
+        connection: list[bytes] = []
+        for lname, _, value in request.headers:
+            if lname in _SPECIAL:
+                if lname == b"host":
+                    hosts.append(value)
+                elif lname == b"content-length":
+                    lengths.append(value)
+                elif lname == b"transfer-encoding":
+                    codings.append(value)
+                elif lname == b"connection":
+                    connection.append(value)
+                elif value.strip().lower() == b"100-continue":
+                    request.expect_continue = True
+        if request.method == "CONNECT":
+            raise ProtocolError("CONNECT is not supported by a reverse proxy", 501)
+        if len(hosts) > 1:
+            raise ProtocolError("more than one Host header")
+        if not hosts and request.version == "1.1":
+            raise ProtocolError("HTTP/1.1 request without Host")
+        if codings:
+            if lengths:
+                raise ProtocolError("both Content-Length and Transfer-Encoding")
+            if request.version != "1.1":
+                raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
+            parse_transfer_encoding(codings)
+            request.framing = CHUNKED
+        elif lengths:
+            request.content_length = n = parse_content_length(lengths)
+            if n:
+                request.framing = LENGTH
+                limit = self.ctx.limits.max_request_body
+                if limit and n > limit:
+                    raise ProtocolError("request body too large", 413)
+        if connection:
+            request.conn_tokens = connection_tokens(connection)
+        target = request.target
+        if target[:1] != b"/":
+            if target == b"*" and request.method == "OPTIONS":
+                pass
+            elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+                # absolute-form (RFC 9112 §3.2.2): its authority replaces Host
+                rest = target.split(b"://", 1)[1]
+                authority, slash, path = rest.partition(b"/")
+                hosts = [authority]
+                request.target = target = slash + path if slash else b"/"
+            else:
+                raise ProtocolError("invalid request target")
+        path, _, query = target.partition(b"?")
+        request.path = path.decode("latin-1")
+        request.query = query.decode("latin-1")
+        if hosts:
+            host = hosts[0].strip().decode("latin-1").lower()
+            if host.startswith("["):
+                host = host[: host.find("]") + 1]
+            else:
+                host = host.partition(":")[0]
+            request.host = host
+
+    # ------------------------------------------------------------ exchanges
+
+    def _start(self, request: Request) -> None:
+        exchange = Exchange(self, request)
+        self.exchange = exchange
+        exchange.start()
+
+    def exchange_done(self, exchange: Exchange, close: bool) -> None:
+        """The exchange answered and read its whole request: go on with the next, or close."""
+        if self.exchange is exchange:
+            self.exchange = None
+        if self._closing:
+            return
+        if close or not exchange.request.keep_alive or self.ctx.draining:
+            self.close_gracefully()
+            return
+        if self._broken is not None:
+            err, self._broken = self._broken, None
+            self.send_error(err.status, err.reason)
+            return
+        self.resume_reading(UPSTREAM | BUFFER)
+        if self.pending:
+            request = self.pending.popleft()
+            if not self.pending:
+                self.resume_reading(PIPELINE)
+            self._start(request)
+            return
+        self.resume_reading(PIPELINE)
+        if self._parsing is None and not self.header_deadline:
+            self.idle_deadline = self.loop.time() + self.ctx.timeouts.idle
+            self.arm(self.idle_deadline)
+
+    # ------------------------------------------------------------ errors and closing
+
+    def _protocol_error(self, err: ProtocolError) -> None:
+        exchange = self.exchange
+        parsing = self._parsing
+        self.pause_reading(PIPELINE)
+        if exchange is not None:
+            if parsing is not None and exchange.request is parsing:
+                # the broken part is the body of the request being served
+                exchange.client_failed(err.status, err.reason)
+            else:
+                self._broken = err  # answered once the request in progress is done
+            return
+        method = parsing.method if parsing is not None else "-"
+        uri = parsing.target.decode("latin-1") if parsing is not None else self._url.decode(
+            "latin-1")
+        self.log_local(method, uri, err.status, err.reason)
+        self.send_error(err.status, err.reason)
+
+    def send_error(self, status: int, reason: str) -> None:
+        self.write(simple_response(status, error_body(status, reason), close=True))
+        self.close_gracefully()
+
+    def log_local(self, method: str, uri: str, status: int, error: str) -> None:
+        log = self.ctx.access_log
+        if log.enabled:
+            log.log(
+                listener=self.ctx.name, client=self.peer, peer=self.peer, method=method,
+                uri=uri, version="1.1", status=status, bytes_sent=0, endpoint="", cluster="",
+                route="", upstream_header_ms=0.0, upstream_ms=0.0, total_ms=0.0, retries=0,
+                host="", user_agent="", referer="", error=error,
+            )
+
+    def write(self, data: bytes) -> None:
+        if not self._closing:
+            self.transport.write(data)
+
+    def close_gracefully(self) -> None:
+        """Stop reading requests, flush what is written, then close.
+
+        Closing a socket with unread input makes the kernel send a reset that can destroy the
+        response in flight (RFC 9112 §9.6), so bascule shuts its side, drains the client's
+        for a short while, then closes.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._lingering = True
+        transport = self.transport
+        if self._paused:
+            self._paused = 0
+            transport.resume_reading()
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except OSError:
+                transport.abort()
+                return
+            self.loop.call_later(LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        self.transport.abort()
+
+    # ------------------------------------------------------------ flow control
+
+    def pause_reading(self, reason: int) -> None:
+        if not self._paused and not self._closing:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused and not self._closing:
+                self.transport.resume_reading()
+
+    # ------------------------------------------------------------ deadlines
+
+    def arm(self, when: float) -> None:
+        if when < self._timer_at and not self._closing:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = when
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = INF
+        if self._closing:
+            return
+        now = self.loop.time()
+        nxt = INF
+        d = self.header_deadline
+        if d:
+            if d <= now:
+                self.header_deadline = 0.0
+                if self.exchange is None:
+                    self.log_local("-", self._url.decode("latin-1"), 408, "request header timeout")
+                    self.send_error(408, "request header timeout")
+                else:
+                    self._broken = ProtocolError("request header timeout", 408)
+                    self.pause_reading(PIPELINE)
+                return
+            nxt = d
+        d = self.idle_deadline
+        if d:
+            if d <= now:
+                self._closing = True
+                self.transport.close()
+                return
+            nxt = min(nxt, d)
+        if self.body_deadline and self._parsing is not None:
+            if self._paused:
+                d = now + self.ctx.timeouts.request_body
+            else:
+                d = self.last_read + self.ctx.timeouts.request_body
+            if d <= now:
+                self.body_deadline = 0.0
+                if self.exchange is not None and self.exchange.request is self._parsing:
+                    self.exchange.client_failed(408, "request body timeout")
+                else:
+                    self.abort()
+                return
+            nxt = min(nxt, d)
+        if self.write_paused_since:
+            d = self.write_paused_since + self.ctx.timeouts.idle
+            if d <= now:
+                self.abort()
+                return
+            nxt = min(nxt, d)
+        exchange = self.exchange
+        if exchange is not None:
+            d = exchange.check_deadlines(now)
+            if d < 0:
+                return
+            nxt = min(nxt, d)
+        if nxt < INF:
+            self.arm(nxt)

@@ -1,0 +1,172 @@
+"""One HTTP/1.1 connection to an endpoint: it reads responses and hands them to its exchange.
+
+Rules of this module:
+- A connection is lent to at most one exchange at a time (seed 003 §5); between exchanges it
+  idles in its endpoint's pool. Bytes that arrive while it idles make it unusable: it closes.
+- The response parser does not know the request's method, so for HEAD the connection ends
+  the message at its head itself (DESIGN.md, pitfalls); 1xx interim responses are passed on
+  and the final response parsed after them.
+- Every callback checks that an exchange still owns the connection: an exchange may finish,
+  or give the connection up, in the middle of one `feed_data` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserError, HttpResponseParser
+
+if TYPE_CHECKING:
+    from bascule.l7.exchange import Exchange
+    from bascule.upstream.endpoint import Endpoint
+    from bascule.upstream.pool import Pool
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "closed",
+        "endpoint",
+        "exchange",
+        "head_only",
+        "headers",
+        "idle_since",
+        "keep_alive",
+        "last_read",
+        "loop",
+        "parser",
+        "pool",
+        "reason",
+        "status",
+        "transport",
+        "_done",
+    )
+
+    def __init__(self, pool: Pool, endpoint: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.endpoint = endpoint
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.parser = HttpResponseParser(self)
+        self.closed = False
+        self.keep_alive = True
+        self.idle_since = 0.0
+        self.last_read = 0.0
+        self.head_only = False
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._done = False  # the current exchange's response is finished
+
+    # -- pool interface
+
+    def usable(self) -> bool:
+        return not self.closed and self.keep_alive and self.exchange is None
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def lend(self, exchange: Exchange, head_only: bool) -> None:
+        """Give this connection to one exchange for one request/response."""
+        self.exchange = exchange
+        self.head_only = head_only
+        self._done = False
+        self.last_read = self.loop.time()
+
+    def detach(self) -> None:
+        self.exchange = None
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None or self._done:
+            # Nothing was asked: a backend talking out of turn cannot be trusted with the next.
+            self.keep_alive = False
+            self.close()
+            self.pool.discard(self)
+            return
+        self.last_read = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError as e:
+            self.keep_alive = False
+            self.close()
+            if self.exchange is not None:
+                self.exchange.upstream_failed(self, f"bad response from endpoint: {e}")
+            return
+        if self.exchange is not None:
+            self.exchange.flush()
+
+    def eof_received(self) -> bool | None:
+        self.keep_alive = False
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.keep_alive = False
+        exchange = self.exchange
+        if exchange is None:
+            self.pool.discard(self)
+            return
+        if not self._done:
+            # The exchange knows whether this close ends a close-delimited body or breaks one.
+            self._done = True
+            exchange.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_resume_writing()
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.exchange is None or self._done:
+            self.keep_alive = False
+            return
+        self.headers = []
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is None or self._done:
+            return
+        parser = self.parser
+        self.status = status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
+        exchange.on_response_head(self, status, self.reason, self.headers, parser.get_http_version())
+        if status >= 200 and self.head_only and self.exchange is exchange and not self._done:
+            # The parser would wait for the body a HEAD response never has: end it here and
+            # give the next exchange a fresh parser.
+            self._done = True
+            self.parser = HttpResponseParser(self)
+            exchange.on_response_complete(self)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is not None and not self._done:
+            exchange.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is None or self._done or self.status < 200:
+            return
+        self._done = True
+        exchange.on_response_complete(self)

@@ -1,0 +1,80 @@
+"""Idle keep-alive connections to one endpoint, ready for the next request.
+
+Rules of this module (aiohttp's connector and httpcore's pool, seed 003 §5):
+- One request in flight per HTTP/1.1 connection: a connection is either lent to one exchange
+  or idle here, never both.
+- The most recently used connection is reused first (LIFO): it is the one least likely to have
+  been closed by the backend's own idle timeout. The oldest are closed past `idle_timeout`.
+- A connection that the backend closed, or that saw anything unexpected, is never returned:
+  its owner calls `discard`, and `acquire` skips any that are no longer usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Protocol
+
+
+class Pooled(Protocol):
+    idle_since: float
+
+    def usable(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class Pool:
+    __slots__ = ("_loop", "_timer", "created", "idle", "idle_timeout", "max_idle", "reused")
+
+    def __init__(self, max_idle: int, idle_timeout: float) -> None:
+        self.idle: deque[Pooled] = deque()
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.created = 0  # connections opened to this endpoint (for stats and tests)
+        self.reused = 0
+
+    def acquire(self) -> Pooled | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                self.reused += 1
+                return conn
+        return None
+
+    def release(self, conn: Pooled, now: float) -> None:
+        if len(self.idle) >= self.max_idle or not conn.usable():
+            conn.close()
+            return
+        conn.idle_since = now
+        self.idle.append(conn)
+        if self._timer is None and self.idle_timeout > 0:
+            self._loop = self._loop or asyncio.get_running_loop()
+            self._timer = self._loop.call_later(self.idle_timeout, self._sweep)
+
+    def discard(self, conn: Pooled) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def _sweep(self) -> None:
+        self._timer = None
+        assert self._loop is not None
+        cutoff = self._loop.time() - self.idle_timeout
+        idle = self.idle
+        while idle and idle[0].idle_since <= cutoff:
+            idle.popleft().close()
+        if idle:
+            wait = idle[0].idle_since - cutoff
+            self._timer = self._loop.call_later(max(wait, 0.05), self._sweep)
+
+    def close_all(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self.idle:
+            self.idle.pop().close()

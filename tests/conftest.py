@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import Backend  # noqa: E402
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    b = Backend(name="b1")
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def backend2() -> Iterator[Backend]:
+    b = Backend(name="b2")
+    yield b
+    b.stop()

@@ -1,0 +1,266 @@
+"""Real servers and a real bascule for the tests: no mocks, loopback only, ports from the OS."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class Seen:
+    """One request as a backend received it."""
+
+    def __init__(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes,
+                 peer: tuple[str, int]) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.peer = peer
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return ", ".join(values) if values else None
+
+    def names(self) -> set[str]:
+        return {k.lower() for k, _ in self.headers}
+
+
+Handler = Callable[["BackendHandler", Seen], None]
+
+
+class BackendHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _handle(self) -> None:
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        elif length:
+            body = self.server.read_body(self, int(length))
+        else:
+            body = b""
+        seen = Seen(self.command, self.path, list(self.headers.items()), body,
+                    self.client_address)
+        self.server.backend.requests.append(seen)
+        self.server.backend.handler(self, seen)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _handle
+
+    def reply(self, status: int = 200, body: bytes = b"", headers: dict[str, str] | None = None,
+              chunked: bool = False) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            if self.command != "HEAD":
+                for i in range(0, len(body), 7):
+                    part = body[i:i + 7]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\n\r\n")
+        else:
+            if status not in (204, 304) and "Content-Length" not in (headers or {}):
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD" and status not in (204, 304):
+                self.wfile.write(body)
+        self.wfile.flush()
+
+
+def echo(h: BackendHandler, seen: Seen) -> None:
+    """Answer with JSON describing what arrived: method, path, headers, body length."""
+    body = json.dumps({
+        "backend": h.server.backend.name, "method": seen.method, "path": seen.path,
+        "headers": seen.headers, "body_len": len(seen.body),
+    }).encode()
+    h.reply(200, body, {"Content-Type": "application/json"})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    backend: Backend
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, addr = super().get_request()
+        self.backend.accepts += 1
+        return conn, addr
+
+    def read_body(self, h: BackendHandler, n: int) -> bytes:
+        return h.rfile.read(n)
+
+
+class Backend:
+    """A real HTTP/1.1 server on 127.0.0.1 in a thread, counting accepted connections."""
+
+    def __init__(self, handler: Handler = echo, name: str = "backend") -> None:
+        self.handler = handler
+        self.name = name
+        self.accepts = 0
+        self.requests: list[Seen] = []
+        self.server = _Server(("127.0.0.1", 0), BackendHandler)
+        self.server.backend = self
+        self.port = self.server.server_address[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Bascule:
+    """bascule itself, as a real process started from a config dict."""
+
+    def __init__(self, config: dict[str, Any], tmp: Path, *, port: int | None = None) -> None:
+        self.config = config
+        self.tmp = tmp
+        self.path = tmp / "bascule.yaml"
+        self.path.write_text(yaml.safe_dump(config))
+        self.log_path = tmp / "stderr.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = port
+
+    def start(self) -> Bascule:
+        self.stderr = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bascule", "run", "-c", str(self.path)],
+            stdout=subprocess.DEVNULL, stderr=self.stderr, cwd=self.tmp,
+        )
+        if self.port is not None:
+            try:
+                wait_port(self.port)
+            except TimeoutError:
+                self.stop()
+                raise RuntimeError("bascule did not start:\n" + self.log_path.read_text())
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.stderr.close()
+        return code
+
+    def rss_kib(self) -> int:
+        """Resident memory of bascule and its children, in KiB."""
+        assert self.proc is not None
+        pids = [self.proc.pid]
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+        total = 0
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total
+
+    def stderr_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def proxy_config(port: int, endpoints: list[str], *, access_log: str | None = None,
+                 listener: dict[str, Any] | None = None, cluster: dict[str, Any] | None = None,
+                 routes: list[dict[str, Any]] | None = None, workers: int = 1,
+                 extra_clusters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The smallest config: one listener on `port`, one cluster `c` over `endpoints`."""
+    return {
+        "workers": workers,
+        "access_log": {"path": access_log, "format": "json"},
+        "listeners": [{
+            "name": "web", "address": f"127.0.0.1:{port}", "protocol": "http",
+            "routes": routes or [{"match": {"path_prefix": "/"}, "cluster": "c"}],
+            **(listener or {}),
+        }],
+        "clusters": [
+            {"name": "c", "endpoints": [{"address": a} for a in endpoints], **(cluster or {})},
+            *(extra_clusters or []),
+        ],
+    }
+
+
+@contextmanager
+def running(config: dict[str, Any], tmp: Path, port: int) -> Iterator[Bascule]:
+    b = Bascule(config, tmp, port=port).start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def raw(port: int, data: bytes, *, timeout: float = 5.0, read_until_close: bool = True) -> bytes:
+    """Send bytes on a fresh connection and read until the proxy closes (or the timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if not read_until_close:
+                break
+        return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false")
