@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import Backend  # noqa: E402
+from helpers import Backend
 
 
 @pytest.fixture

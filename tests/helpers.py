@@ -264,3 +264,47 @@ def status_of(response: bytes) -> int:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0", "false")
+
+
+def read_response(s: socket.socket, *, head_only: bool = False) -> tuple[bytes, bytes]:
+    """Read one response (Content-Length or chunked framing) from a socket: (head, body)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a response head: {buf!r}")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    if head_only:
+        return head, rest
+    fields = {
+        line.split(b":", 1)[0].strip().lower(): line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")[1:]
+    }
+    if b"content-length" in fields:
+        n = int(fields[b"content-length"])
+        while len(rest) < n:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return head, rest[:n]
+    if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+        while not rest.endswith(b"0\r\n\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        body, data = b"", rest
+        while True:
+            size_line, _, data = data.partition(b"\r\n")
+            size = int(size_line, 16)
+            if size == 0:
+                return head, body
+            body += data[:size]
+            data = data[size + 2:]
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return head, rest
+        rest += chunk

@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(e, file=sys.stderr)
             return 2
-        print(f"{args.config}: ok ({len(config.listeners)} listeners, "
-              f"{len(config.clusters)} clusters)")
+        print(
+            f"{args.config}: ok ({len(config.listeners)} listeners, "
+            f"{len(config.clusters)} clusters)"
+        )
         return 0
     if args.command == "run":
         from bascule.runtime.supervisor import run

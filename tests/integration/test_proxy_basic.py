@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import httpx
+
 from helpers import Backend, free_port, proxy_config, raw, running, status_of
 
 

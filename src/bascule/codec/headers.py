@@ -16,22 +16,35 @@ from typing import Final
 
 # RFC 9110 §7.6.1 plus the de-facto ones; Transfer-Encoding is re-framed by bascule itself.
 # Proxy-Authorization/-Authenticate are between a client and the proxy it talks to: us.
-HOP_BY_HOP: Final = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding",
-    b"upgrade", b"trailer", b"proxy-authorization", b"proxy-authenticate",
-})
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
 
-FORWARDING: Final = frozenset({
-    b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via",
-    b"x-real-ip",
-})
+FORWARDING: Final = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"via",
+        b"x-real-ip",
+    }
+)
 
 
 def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     """The field names a Connection header marks hop-by-hop (and `close`/`keep-alive`)."""
-    return frozenset(
-        t.strip().lower() for v in values for t in v.split(b",") if t.strip()
-    )
+    return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
 
 
 class TrustedNetworks:
@@ -108,7 +121,9 @@ def forwarded_value(value: str) -> str:
     return f'"{escaped}"'
 
 
+@lru_cache(maxsize=4096)
 def forwarded_element(for_: str, by: str, proto: str, host: str | None) -> bytes:
+    """`for=...;by=...;proto=...;host=...`; cached, as clients and hosts repeat."""
     parts = [f"for={forwarded_node(for_)}", f"by={forwarded_value(by)}", f"proto={proto}"]
     if host:
         parts.append(f"host={forwarded_value(host)}")

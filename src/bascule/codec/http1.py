@@ -30,8 +30,9 @@ UNTIL_CLOSE: Final = 3  # responses only
 
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
-_TOKEN_CHARS: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789"
-                                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TOKEN_CHARS: Final = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
 
 
 def is_token(name: bytes) -> bool:

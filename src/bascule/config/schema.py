@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bascule.config.services import ServiceList
 from bascule.config.units import Address, Duration, Size
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -314,6 +315,7 @@ class Config(Model):
     access_log: AccessLogConfig = AccessLogConfig()
     listeners: list[ListenerConfig] = []
     clusters: list[ClusterConfig] = []
+    services: ServiceList = []  # packet-mode services (nat, dsr), programmed into the kernel
 
     @field_validator("workers")
     @classmethod

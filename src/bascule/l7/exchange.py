@@ -18,7 +18,13 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Final
 
-from bascule.codec.headers import FORWARDING, HOP_BY_HOP, forwarded_element, split_list
+from bascule.codec.headers import (
+    FORWARDING,
+    HOP_BY_HOP,
+    client_from_xff,
+    forwarded_element,
+    split_list,
+)
 from bascule.codec.http1 import (
     CHUNKED,
     CONTINUE_100,
@@ -31,7 +37,6 @@ from bascule.codec.http1 import (
     response_has_body,
     simple_response,
 )
-from bascule.codec.headers import client_from_xff
 from bascule.l7.router import DIRECT, REDIRECT, Route
 from bascule.l7.upstream import UpstreamConnection
 
@@ -46,6 +51,7 @@ _BUFFER_HIGH: Final = 64 * 1024
 _UPSTREAM: Final = 2  # session pause reasons (see session.py)
 _BUFFER: Final = 4
 _CRLF: Final = b"\r\n"
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 
 
 class Exchange:
@@ -75,6 +81,7 @@ class Exchange:
         "route",
         "session",
         "status",
+        "t_dispatch",
         "t_header",
         "t_upstream",
         "tried",
@@ -112,6 +119,7 @@ class Exchange:
         self.upstream_read_paused = False
         self.deadline_response = 0.0
         self.deadline_total = 0.0
+        self.t_dispatch = 0.0
         self.t_upstream = 0.0
         self.t_header = 0.0
         self.error = ""
@@ -170,7 +178,7 @@ class Exchange:
             return
         self.endpoint = endpoint
         endpoint.active += 1
-        endpoint.requests += 1
+        self.t_dispatch = time.monotonic()
         self.tried.append(endpoint)
         pool = cluster.pools[endpoint]
         conn = pool.acquire()
@@ -339,12 +347,12 @@ class Exchange:
                 lines.append(b"X-Forwarded-For: %s\r\n" % peer)
         if fwd.x_forwarded_proto:
             lines.append(b"X-Forwarded-Proto: %s\r\n" % proto)
-        host = request.header_values(b"host")
+        host = request.host_raw
         if fwd.x_forwarded_host and (xhost or host):
-            lines.append(b"X-Forwarded-Host: %s\r\n" % (xhost or host[0]))
+            lines.append(b"X-Forwarded-Host: %s\r\n" % (xhost or host))
         if fwd.forwarded:
             element = forwarded_element(
-                session.peer, ctx.server_name, "http", host[0].decode("latin-1") if host else None
+                session.peer, ctx.server_name, "http", host.decode("latin-1") if host else None
             )
             if prior_fwd:
                 element = b", ".join(prior_fwd) + b", " + element
@@ -381,9 +389,7 @@ class Exchange:
                 return
             if request.version == "1.1" and not self.response_started:
                 lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))]
-                lines += [
-                    b"%s: %s\r\n" % (n, v) for n, v in headers if n.lower() not in HOP_BY_HOP
-                ]
+                lines += [b"%s: %s\r\n" % (n, v) for n, v in headers if n.lower() not in HOP_BY_HOP]
                 lines.append(_CRLF)
                 self.out.append(b"".join(lines))
             return
@@ -405,7 +411,7 @@ class Exchange:
             if lname in HOP_BY_HOP:
                 if lname == b"transfer-encoding":
                     chunked = True
-                elif lname == b"connection":
+                elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
                     tokens.append(value)
                 continue
             if lname == b"content-length":
@@ -419,8 +425,7 @@ class Exchange:
             named -= {b"close", b"keep-alive"}
             if named:
                 lines = [lines[0]] + [
-                    line for line in lines[1:]
-                    if line.split(b":", 1)[0].lower() not in named
+                    line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named
                 ]
         client_11 = request.version == "1.1"
         if not has_body:
@@ -479,18 +484,20 @@ class Exchange:
             self.out.append(LAST_CHUNK)
         self.flush()
         self.response_done = True
-        self._release_upstream(conn.keep_alive and self.request_sent)
+        self._release_upstream(conn.keep_alive and self.request_sent, self.status < 500)
         if self.request.complete:
             self._finish()
         else:
             # The answer came before the whole request: drop the rest of the body, then go on.
             self.session.resume_reading(_UPSTREAM | _BUFFER)
 
-    def _release_upstream(self, reusable: bool) -> None:
+    def _release_upstream(self, reusable: bool, ok: bool = False) -> None:
+        """Give the connection back (to its pool, or closed) and the endpoint its verdict."""
         conn = self.conn
         endpoint = self.endpoint
         if endpoint is not None:
             endpoint.active -= 1
+            endpoint.observe(time.monotonic() - self.t_dispatch, ok)
             self.endpoint = None
         if conn is None:
             return
@@ -534,9 +541,6 @@ class Exchange:
         self.upstream_error(502, reason, False)
 
     def upstream_error(self, status: int, reason: str, retryable: bool) -> None:
-        endpoint = self.endpoint
-        if endpoint is not None:
-            endpoint.failures += 1
         self.error = reason
         self._release_upstream(False)
         self.out.clear()
@@ -585,8 +589,6 @@ class Exchange:
         return nxt
 
     def _timeout(self, reason: str) -> None:
-        if self.endpoint is not None:
-            self.endpoint.failures += 1
         self.error = reason
         if self.response_started:
             self._abort()
@@ -597,7 +599,7 @@ class Exchange:
     def client_failed(self, status: int, reason: str) -> None:
         """The client broke the request mid-way (bad chunk, body too large, too slow)."""
         self.error = reason
-        self._release_upstream(False)
+        self._release_upstream(False, ok=True)  # not the endpoint's fault
         if self.response_started:
             self._abort()
             return
@@ -613,7 +615,7 @@ class Exchange:
             self.error = self.error or "client closed the connection"
             if not self.response_started:
                 self.status = 499  # nginx's code for "client went away"
-        self._release_upstream(False)
+        self._release_upstream(False, ok=True)
         self.finished = True
         self._log()
 
@@ -642,9 +644,11 @@ class Exchange:
             self.error = reason
         close = self.close_after or not request.keep_alive or self.ctx.draining
         self.respond_raw(
-            simple_response(status, body, close=close, extra=extra,
-                            head_only=request.method == "HEAD"),
-            status, close,
+            simple_response(
+                status, body, close=close, extra=extra, head_only=request.method == "HEAD"
+            ),
+            status,
+            close,
         )
 
     def respond_raw(self, data: bytes, status: int = 0, close: bool = False) -> None:
@@ -684,27 +688,26 @@ class Exchange:
             client = client_from_xff(
                 session.peer, split_list(request.header_values(b"x-forwarded-for")), trusted
             )
-        endpoint = self.tried[-1].address if self.tried else ""
         log.log(
-            listener=self.ctx.name,
-            client=client,
-            peer=session.peer,
-            method=request.method,
-            uri=request.target.decode("latin-1"),
-            version=request.version,
-            status=self.status,
-            bytes_sent=self.bytes_sent,
-            endpoint=endpoint,
-            cluster=self.cluster.name if self.cluster is not None else "",
-            route=self.route.name if self.route is not None else "",
-            upstream_header_ms=(self.t_header - t_up) * 1000 if self.t_header and t_up else 0.0,
-            upstream_ms=(now - t_up) * 1000 if t_up else 0.0,
-            total_ms=(now - request.start) * 1000,
-            retries=self.retries,
-            host=request.host,
-            user_agent=request.header(b"user-agent"),
-            referer=request.header(b"referer"),
-            error=self.error,
+            self.ctx.name,
+            client,
+            session.peer,
+            request.method,
+            request.target.decode("latin-1"),
+            request.version,
+            self.status,
+            self.bytes_sent,
+            self.cluster.name if self.cluster is not None else "",
+            self.tried[-1].address if self.tried else "",
+            self.route.name if self.route is not None else "",
+            (self.t_header - t_up) * 1000 if self.t_header and t_up else 0.0,
+            (now - t_up) * 1000 if t_up else 0.0,
+            (now - request.start) * 1000,
+            self.retries,
+            request.host,
+            request.header(b"user-agent"),
+            request.header(b"referer"),
+            self.error,
         )
 
     # ------------------------------------------------------------ flow control

@@ -11,12 +11,13 @@ class Request:
         "body_buffered",
         "body_received",
         "complete",
-        "content_length",
         "conn_tokens",
+        "content_length",
         "expect_continue",
         "framing",
         "headers",
         "host",
+        "host_raw",
         "keep_alive",
         "method",
         "path",
@@ -40,7 +41,8 @@ class Request:
         # (lower-cased name, name as sent, value): matching uses the first, forwarding the rest
         self.headers = headers
         self.start = start
-        self.host = ""
+        self.host = ""  # lower-cased, without port: what routes match
+        self.host_raw = b""  # as the client sent it (Host or the absolute-form authority)
         self.path = "/"
         self.query = ""
         self.keep_alive = True

@@ -90,12 +90,9 @@ class Route:
         if m.method is not None:
             methods = frozenset(m.method)
             tests.append(lambda method, host, path, query, h: method in methods)
-        for hm in m.headers:
-            tests.append(_header_test(hm))
-        for qm in m.query:
-            tests.append(_query_test(qm))
-        for cm in m.cookies:
-            tests.append(_cookie_test(cm))
+        tests += [_header_test(hm) for hm in m.headers]
+        tests += [_query_test(qm) for qm in m.query]
+        tests += [_cookie_test(cm) for cm in m.cookies]
         self.tests = tuple(tests)
 
         self.cluster: str | None = spec.cluster
@@ -142,7 +139,7 @@ class Route:
     def rewrite(self, path: str) -> str:
         """Replace the matched prefix (the query string is kept by the caller)."""
         assert self.prefix is not None and self.rewrite_prefix is not None
-        rest = path[len(self.prefix):]
+        rest = path[len(self.prefix) :]
         new = self.rewrite_prefix
         if new.endswith("/") and rest.startswith("/"):
             rest = rest[1:]
@@ -194,9 +191,7 @@ def _value_test(spec: HeaderMatch) -> Callable[[list[str]], bool]:
 def _header_test(spec: HeaderMatch) -> Callable[[str, str, str, str, HeaderLookup], bool]:
     name = spec.name.lower().encode()
     test = _value_test(spec)
-    return lambda method, host, path, query, h: test(
-        [v.decode("latin-1").strip() for v in h(name)]
-    )
+    return lambda method, host, path, query, h: test([v.decode("latin-1").strip() for v in h(name)])
 
 
 def _query_test(spec: HeaderMatch) -> Callable[[str, str, str, str, HeaderLookup], bool]:

@@ -43,9 +43,15 @@ BUFFER: Final = 4
 LINGER_SECONDS: Final = 2.0
 _HEAD_SLACK: Final = 16 * 1024
 
-_SPECIAL: Final = frozenset({
-    b"host", b"content-length", b"transfer-encoding", b"connection", b"expect",
-})
+_SPECIAL: Final = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"expect",
+    }
+)
 
 
 class HttpSession(asyncio.Protocol):
@@ -117,7 +123,7 @@ class HttpSession(asyncio.Protocol):
             self.peer, self.peer_port = peer[0], peer[1]
         if len(ctx.sessions) > ctx.limits.max_connections or ctx.draining:
             self._closing = True
-            transport.abort()
+            self.transport.abort()
             return
         self.header_deadline = self.loop.time() + ctx.timeouts.request_header
         self.arm(self.header_deadline)
@@ -314,12 +320,9 @@ class HttpSession(asyncio.Protocol):
         request.path = path.decode("latin-1")
         request.query = query.decode("latin-1")
         if hosts:
-            host = hosts[0].strip().decode("latin-1").lower()
-            if host.startswith("["):
-                host = host[: host.find("]") + 1]
-            else:
-                host = host.partition(":")[0]
-            request.host = host
+            request.host_raw = hosts[0].strip()
+            host = request.host_raw.decode("latin-1").lower()
+            request.host = host[: host.find("]") + 1] if host[:1] == "[" else host.partition(":")[0]
 
     # ------------------------------------------------------------ exchanges
 
@@ -367,8 +370,9 @@ class HttpSession(asyncio.Protocol):
                 self._broken = err  # answered once the request in progress is done
             return
         method = parsing.method if parsing is not None else "-"
-        uri = parsing.target.decode("latin-1") if parsing is not None else self._url.decode(
-            "latin-1")
+        uri = (
+            parsing.target.decode("latin-1") if parsing is not None else self._url.decode("latin-1")
+        )
         self.log_local(method, uri, err.status, err.reason)
         self.send_error(err.status, err.reason)
 
@@ -380,10 +384,25 @@ class HttpSession(asyncio.Protocol):
         log = self.ctx.access_log
         if log.enabled:
             log.log(
-                listener=self.ctx.name, client=self.peer, peer=self.peer, method=method,
-                uri=uri, version="1.1", status=status, bytes_sent=0, endpoint="", cluster="",
-                route="", upstream_header_ms=0.0, upstream_ms=0.0, total_ms=0.0, retries=0,
-                host="", user_agent="", referer="", error=error,
+                self.ctx.name,
+                self.peer,
+                self.peer,
+                method,
+                uri,
+                "1.1",
+                status,
+                0,
+                "",
+                "",
+                "",
+                0.0,
+                0.0,
+                0.0,
+                0,
+                "",
+                "",
+                "",
+                error,
             )
 
     def write(self, data: bytes) -> None:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_done",
         "closed",
         "endpoint",
         "exchange",
@@ -39,7 +40,6 @@ class UpstreamConnection(asyncio.Protocol):
         "reason",
         "status",
         "transport",
-        "_done",
     )
 
     def __init__(self, pool: Pool, endpoint: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
@@ -151,7 +151,9 @@ class UpstreamConnection(asyncio.Protocol):
         parser = self.parser
         self.status = status = parser.get_status_code()
         self.keep_alive = parser.should_keep_alive()
-        exchange.on_response_head(self, status, self.reason, self.headers, parser.get_http_version())
+        exchange.on_response_head(
+            self, status, self.reason, self.headers, parser.get_http_version()
+        )
         if status >= 200 and self.head_only and self.exchange is exchange and not self._done:
             # The parser would wait for the body a HEAD response never has: end it here and
             # give the next exchange a fresh parser.

@@ -60,11 +60,11 @@ class Supervisor:
         self.printer = printer
         self.sockets: dict[str, socket.socket] = {}
         self.children: dict[int, asyncio.subprocess.Process] = {}
-        self.stopping = False
+        self.stop = asyncio.Event()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
+        stop = self.stop
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         for spec in self.config.listeners:
@@ -92,7 +92,6 @@ class Supervisor:
             tasks = [asyncio.create_task(self._keep_worker(i)) for i in range(count)]
             await stop.wait()
             self.printer("bascule: stopping (draining in-flight requests)")
-            self.stopping = True
             for proc in list(self.children.values()):
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGTERM)
@@ -105,14 +104,15 @@ class Supervisor:
 
     async def _keep_worker(self, index: int) -> None:
         pause = 0.1
-        while not self.stopping:
+        while not self.stop.is_set():
             proc = await self._spawn()
             self.children[index] = proc
+            if self.stop.is_set():  # asked to stop while this one was starting
+                proc.send_signal(signal.SIGTERM)
             code = await proc.wait()
-            if self.stopping:
+            if self.stop.is_set():
                 return
-            self.printer(f"bascule: worker {index} (pid {proc.pid}) exited with {code}; "
-                         "restarting")
+            self.printer(f"bascule: worker {index} (pid {proc.pid}) exited with {code}; restarting")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
 
@@ -120,7 +120,10 @@ class Supervisor:
         fds = {name: sock.fileno() for name, sock in self.sockets.items()}
         args = [f"{name}={fd}" for name, fd in fds.items()]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bascule.runtime.worker", *args,
+            sys.executable,
+            "-m",
+            "bascule.runtime.worker",
+            *args,
             stdin=asyncio.subprocess.PIPE,
             pass_fds=tuple(fds.values()),
             start_new_session=False,

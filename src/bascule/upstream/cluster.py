@@ -22,8 +22,11 @@ class Cluster:
         self.name = spec.name
         self.endpoints = tuple(
             Endpoint(
-                e.address[0], e.address[1], e.weight,
-                backup=e.backup, max_connections=e.max_connections,
+                e.address[0],
+                e.address[1],
+                e.weight,
+                backup=e.backup,
+                max_connections=e.max_connections,
             )
             for e in spec.endpoints
         )

@@ -1,27 +1,92 @@
-"""Balancers by name: the `balancer:` key of a cluster chooses one of these."""
+"""Balancers by name: the `balancer:` key of a cluster chooses one of these.
+
+Rules of this module:
+- `BALANCERS` maps each config name to a factory called as `factory(endpoints, **options)`.
+  Options are keyword-only parameters of the factory; `make_balancer` refuses unknown names
+  and unknown or bad options with a ValueError whose message the config layer can show as is.
+- `round_robin` and `weighted` are the same thing, nginx's smooth weighted round robin, so the
+  simplest config behaves as nginx users expect (with equal weights it is plain round robin);
+  `plain_round_robin` ignores weights. `source_ip` and `hash` are the same map-based hash: the
+  caller decides what the key is.
+- Options (all optional): `seed` for every balancer that draws random numbers (tests, bench);
+  `choice_count` (least_request), `decay` (peak_ewma), `ring_size` (ring_hash), `table_size`
+  (maglev).
+"""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from bascule.upstream.balancers.base import Accept, Balancer, eligible
+from bascule.upstream.balancers.hashing import Hash, RingHash
+from bascule.upstream.balancers.least import LeastConnections, LeastRequest, PeakEwma
+from bascule.upstream.balancers.maglev import Maglev, is_prime, maglev_table
 from bascule.upstream.balancers.round_robin import RoundRobin, SmoothWeighted
+from bascule.upstream.balancers.weighted_random import WeightedRandom
 from bascule.upstream.endpoint import Endpoint
 
-BalancerFactory = Callable[[Sequence[Endpoint]], Balancer]
+BalancerFactory = Callable[..., Balancer]
 
-# `round_robin` honours weights the way nginx does (smooth weighted round robin), so that the
-# simplest config behaves as nginx users expect; `plain_round_robin` ignores them.
 BALANCERS: dict[str, BalancerFactory] = {
     "round_robin": SmoothWeighted,
     "weighted": SmoothWeighted,
     "plain_round_robin": RoundRobin,
+    "random": WeightedRandom,
+    "least_connections": LeastConnections,
+    "least_request": LeastRequest,
+    "peak_ewma": PeakEwma,
+    "source_ip": Hash,
+    "hash": Hash,
+    "ring_hash": RingHash,
+    "maglev": Maglev,
 }
 
-
-def make_balancer(name: str, endpoints: Sequence[Endpoint]) -> Balancer:
-    """Build the named balancer over these endpoints."""
-    return BALANCERS[name](endpoints)
+# Balancers whose choice depends on the key; the others ignore it.
+KEYED = frozenset({"source_ip", "hash", "ring_hash", "maglev"})
 
 
-__all__ = ["BALANCERS", "Accept", "Balancer", "Endpoint", "eligible", "make_balancer"]
+def balancer_options(name: str) -> frozenset[str]:
+    """The option names the named balancer accepts."""
+    factory = BALANCERS[name]
+    parameters = inspect.signature(factory).parameters.values()
+    return frozenset(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def make_balancer(name: str, endpoints: Sequence[Endpoint], **options: Any) -> Balancer:
+    """Build the named balancer over these endpoints; ValueError for a bad name or option."""
+    factory = BALANCERS.get(name)
+    if factory is None:
+        raise ValueError(f"unknown balancer {name!r}; known: {', '.join(sorted(BALANCERS))}")
+    allowed = balancer_options(name)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        accepted = ", ".join(sorted(allowed)) or "none"
+        raise ValueError(
+            f"balancer {name!r} has no option {', '.join(map(repr, unknown))}; accepted: {accepted}"
+        )
+    return factory(endpoints, **options)
+
+
+__all__ = [
+    "BALANCERS",
+    "KEYED",
+    "Accept",
+    "Balancer",
+    "Endpoint",
+    "Hash",
+    "LeastConnections",
+    "LeastRequest",
+    "Maglev",
+    "PeakEwma",
+    "RingHash",
+    "RoundRobin",
+    "SmoothWeighted",
+    "WeightedRandom",
+    "balancer_options",
+    "eligible",
+    "is_prime",
+    "maglev_table",
+    "make_balancer",
+]
