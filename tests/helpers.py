@@ -62,6 +62,7 @@ Handler = Callable[["BackendHandler", Seen], None]
 
 class BackendHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # head and body go out in two writes
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -175,9 +176,9 @@ class Bascule:
         if self.port is not None:
             try:
                 wait_port(self.port)
-            except TimeoutError:
+            except TimeoutError as e:
                 self.stop()
-                raise RuntimeError("bascule did not start:\n" + self.log_path.read_text())
+                raise RuntimeError("bascule did not start:\n" + self.log_path.read_text()) from e
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:

@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(e, file=sys.stderr)
             return 2
+        if config.services:  # the machine checks `run` would make (root, interface, VIP, MACs)
+            from bascule.packet.runtime import check
+
+            refusal = check(config)
+            if refusal is not None:
+                print(f"{args.config}: {refusal}", file=sys.stderr)
+                return 1
         print(
             f"{args.config}: ok ({len(config.listeners)} listeners, "
             f"{len(config.clusters)} clusters)"

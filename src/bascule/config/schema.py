@@ -41,6 +41,10 @@ class EndpointConfig(Model):
     weight: int = Field(default=1, ge=0, le=1000)
     backup: bool = False
     max_connections: int = Field(default=0, ge=0)
+    slow_start: Duration = 0.0  # after turning healthy, weight ramps from 10% to 100% over this
+    drain: bool = False  # no new requests; those in flight finish
+    disable: bool = False  # no traffic, and health checks do not bring it back
+    check_address: Address | None = None  # health checks go here instead of `address`
 
     @field_validator("address")
     @classmethod
@@ -69,13 +73,131 @@ class RetryConfig(Model):
     attempts: int = Field(default=2, ge=0, le=10)
 
 
+class HashKey(Model):
+    """What a keyed balancer hashes: exactly one of these. `source_ip` and `uri` may be given
+    as a bare string (`hash_key: source_ip`)."""
+
+    source_ip: bool = False
+    uri: bool = False  # the request target, path and query
+    header: str | None = None
+    cookie: str | None = None
+    query: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare(cls, value: object) -> object:
+        if value in ("source_ip", "uri"):
+            return {value: True}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HashKey:
+        given = [k for k in ("header", "cookie", "query") if getattr(self, k) is not None]
+        given += [k for k in ("source_ip", "uri") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of source_ip, uri, header, cookie, query"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.header is not None and not _TOKEN.fullmatch(self.header):
+            raise PathError(("header",), f"{self.header!r} is not a valid header name")
+        return self
+
+
+StatusRange = Annotated[str, Field(pattern=r"^[1-5][0-9][0-9](-[1-5][0-9][0-9])?$")]
+
+
+class HealthCheckConfig(Model):
+    """Active health checks of every endpoint of a cluster, run by the supervisor."""
+
+    kind: Literal["tcp", "http"] = "tcp"
+    interval: Duration = 5.0
+    jitter: float = Field(default=0.1, ge=0.0, le=1.0)  # share of `interval` added or removed
+    timeout: Duration = 2.0
+    rise: int = Field(default=2, ge=1, le=100)  # consecutive successes to come back
+    fall: int = Field(default=3, ge=1, le=100)  # consecutive failures to go down
+    port: int | None = Field(default=None, ge=1, le=65535)  # check this port, not the endpoint's
+    method: str = Field(default="GET", pattern=r"^[A-Z]+$")
+    path: str = "/"
+    host: str | None = None  # the Host header; default: the endpoint's address
+    expect_status: list[StatusRange] = Field(default=["200-399"], min_length=1)
+    expect_body: str | None = None  # the body must contain this text
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or _BAD_VALUE.search(value) or " " in value:
+            raise ValueError(f"must start with '/' and contain no spaces or CR/LF, got {value!r}")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and (_BAD_VALUE.search(value) or not value.strip()):
+            raise ValueError("a host header must be non-empty, without CR, LF or NUL")
+        return value
+
+    @field_validator("expect_status")
+    @classmethod
+    def _ranges(cls, value: list[str]) -> list[str]:
+        for i, text in enumerate(value):
+            low, _, high = text.partition("-")
+            if high and int(high) < int(low):
+                raise PathError((i,), f"status range {text!r} ends before it starts")
+        return value
+
+    @model_validator(mode="after")
+    def _timeout_fits(self) -> HealthCheckConfig:
+        if self.interval <= 0:
+            raise PathError(("interval",), "the interval must be positive")
+        if self.timeout <= 0:
+            raise PathError(("timeout",), "the timeout must be positive")
+        return self
+
+
+class OutlierConfig(Model):
+    """Passive health: endpoints that fail in a row are ejected for a while (Envoy's)."""
+
+    consecutive_failures: int = Field(default=5, ge=1, le=1000)  # 5xx, connect errors, timeouts
+    base_ejection_time: Duration = 30.0  # grows with each repeated ejection
+    max_ejection_time: Duration = 300.0
+    max_ejection_percent: int = Field(default=10, ge=0, le=100)  # at least one may always be
+
+
+class ClusterLimits(Model):
+    """Circuit breaking: beyond these, a fast 503 (or a wait in the queue)."""
+
+    max_requests: int = Field(default=0, ge=0)  # in flight in the cluster, per worker; 0: none
+    max_pending: int = Field(default=0, ge=0)  # requests waiting for an endpoint; 0: no queue
+    queue_timeout: Duration = 5.0  # how long a request may wait in that queue
+
+
+class StickyConfig(Model):
+    """Cookie persistence: bascule sets a signed cookie naming the endpoint that answered."""
+
+    cookie: str = Field(default="bascule_sticky", pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+    secret: str | None = None  # HMAC key; default derived from the cluster's name
+    max_age: Duration | None = None  # default: a session cookie
+    path: str = "/"
+
+
 class ClusterConfig(Model):
     name: Name
     balancer: str = "round_robin"  # any name in bascule.upstream.balancers.BALANCERS
+    balancer_options: dict[str, int | float | None] = {}
+    hash_key: HashKey | None = None  # what keyed balancers hash
     endpoints: list[EndpointConfig] = Field(min_length=1)
     timeouts: ClusterTimeouts = ClusterTimeouts()
     pool: PoolConfig = PoolConfig()
     retries: RetryConfig = RetryConfig()
+    health_check: HealthCheckConfig | None = None
+    outlier_detection: OutlierConfig | None = None
+    limits: ClusterLimits = ClusterLimits()
+    sticky: StickyConfig | None = None
+    # `client`: connect to endpoints from the client's own address (transparent proxying: the
+    # endpoint sees the client; Linux, root; its replies must route through this host). A
+    # connection made for one client is never reused for another: such clusters pool nothing.
+    source_address: Literal["lb", "client"] = "lb"
 
     @field_validator("balancer")
     @classmethod
@@ -85,6 +207,33 @@ class ClusterConfig(Model):
         if value not in BALANCERS:
             raise ValueError(f"unknown balancer {value!r}; known: {', '.join(sorted(BALANCERS))}")
         return value
+
+    @model_validator(mode="after")
+    def _balancer_setup(self) -> ClusterConfig:
+        from bascule.upstream.balancers import KEYED, make_balancer
+
+        if self.balancer_options:
+            try:
+                make_balancer(self.balancer, (), **self.balancer_options)
+            except ValueError as e:
+                key = next(iter(self.balancer_options))
+                for name in self.balancer_options:
+                    if repr(name) in str(e):
+                        key = name
+                raise PathError(("balancer_options", key), str(e)) from e
+        if self.balancer in KEYED and self.balancer != "source_ip" and self.hash_key is None:
+            raise PathError(
+                ("balancer",),
+                f"balancer {self.balancer!r} hashes a key: give hash_key "
+                "(source_ip, uri, header, cookie or query)",
+            )
+        if self.hash_key is not None and self.balancer not in KEYED:
+            raise PathError(
+                ("hash_key",),
+                f"balancer {self.balancer!r} ignores keys; hash_key needs one of "
+                f"{', '.join(sorted(KEYED))}",
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> ClusterConfig:
@@ -310,9 +459,16 @@ class AccessLogConfig(Model):
     format: Literal["json", "combined"] = "json"
 
 
+class AdminConfig(Model):
+    """The admin API (`GET /clusters`), served by the supervisor; keep it on loopback."""
+
+    address: Address
+
+
 class Config(Model):
     workers: int | Literal["auto"] = "auto"
     access_log: AccessLogConfig = AccessLogConfig()
+    admin: AdminConfig | None = None
     listeners: list[ListenerConfig] = []
     clusters: list[ClusterConfig] = []
     services: ServiceList = []  # packet-mode services (nat, dsr), programmed into the kernel

@@ -36,6 +36,7 @@ class ListenerContext:
         "timeouts",
         "trusted",
         "via",
+        "via_line",
     )
 
     def __init__(
@@ -57,5 +58,6 @@ class ListenerContext:
         self.loop = loop
         self.server_name = spec.server_name
         self.via = f"1.1 {spec.server_name}".encode()
+        self.via_line = b"Via: %s\r\n" % self.via
         self.sessions: set[HttpSession] = set()
         self.draining = False

@@ -15,6 +15,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -22,6 +23,7 @@ from bascule.codec.headers import (
     FORWARDING,
     HOP_BY_HOP,
     client_from_xff,
+    connection_tokens,
     forwarded_element,
     split_list,
 )
@@ -33,16 +35,17 @@ from bascule.codec.http1 import (
     LENGTH,
     NO_BODY,
     error_body,
-    reason_phrase,
     response_has_body,
     simple_response,
 )
 from bascule.l7.router import DIRECT, REDIRECT, Route
 from bascule.l7.upstream import UpstreamConnection
+from bascule.upstream.cluster import COOKIE, HEADER, QUERY, SOURCE_IP, URI
 
 if TYPE_CHECKING:
     from bascule.l7.request import Request
     from bascule.l7.session import HttpSession
+    from bascule.upstream.balancers.base import Accept
     from bascule.upstream.cluster import Cluster
     from bascule.upstream.endpoint import Endpoint
 
@@ -52,6 +55,21 @@ _UPSTREAM: Final = 2  # session pause reasons (see session.py)
 _BUFFER: Final = 4
 _CRLF: Final = b"\r\n"
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
+# Response fields bascule re-frames or drops: hop-by-hop ones and Content-Length.
+_RESPONSE_FIELDS: Final = re.compile(
+    rb"^(connection|keep-alive|proxy-connection|te|transfer-encoding|upgrade|trailer"
+    rb"|proxy-authenticate|proxy-authorization|content-length)[ \t]*:[ \t]*(.*?)[ \t]*\r\n",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def _drop_fields(block: bytes, names: frozenset[bytes]) -> bytes:
+    """Remove the field lines with these (lower-case) names from a CRLF-separated block."""
+    kept = [
+        line for line in block.split(b"\r\n")
+        if line and line.split(b":", 1)[0].strip().lower() not in names
+    ]
+    return b"".join(line + b"\r\n" for line in kept)
 
 
 class Exchange:
@@ -72,6 +90,7 @@ class Exchange:
         "finished",
         "loop",
         "out",
+        "queued",
         "replay",
         "request",
         "request_sent",
@@ -81,6 +100,7 @@ class Exchange:
         "route",
         "session",
         "status",
+        "sticky",
         "t_dispatch",
         "t_header",
         "t_upstream",
@@ -123,6 +143,8 @@ class Exchange:
         self.t_upstream = 0.0
         self.t_header = 0.0
         self.error = ""
+        self.queued: asyncio.TimerHandle | None = None  # waiting in the cluster's queue
+        self.sticky: bytes | None = None  # sticky clusters: the address the cookie named
 
     # ------------------------------------------------------------ routing
 
@@ -137,7 +159,9 @@ class Exchange:
             return
         self.route = route
         if route.kind == DIRECT:
-            self.respond_raw(route.direct)
+            d = route.direct
+            assert d is not None
+            self.respond_local(d.status, d.body, "", content_type=d.content_type)
             return
         if route.kind == REDIRECT:
             assert route.redirect is not None
@@ -169,13 +193,19 @@ class Exchange:
     def _dispatch(self) -> None:
         cluster = self.cluster
         assert cluster is not None
-        endpoint = cluster.pick(None, self._accept if self.tried else None)
-        if endpoint is None:
-            if self.tried:
-                self.respond_error(502, self.error or "no endpoint left to retry")
-            else:
-                self.respond_error(503, f"no healthy endpoint in cluster {cluster.name}")
-            return
+        if cluster.extended:
+            # Keys, stickiness, limits: off the plain path, which stays one flag read longer.
+            endpoint = self._pick_extended(cluster)
+            if endpoint is None:
+                return
+        else:
+            endpoint = cluster.pick(None, self._accept if self.tried else None)
+            if endpoint is None:
+                if self.tried:
+                    self.respond_error(502, self.error or "no endpoint left to retry")
+                else:
+                    self.respond_error(503, f"no healthy endpoint in cluster {cluster.name}")
+                return
         self.endpoint = endpoint
         endpoint.active += 1
         self.t_dispatch = time.monotonic()
@@ -189,14 +219,153 @@ class Exchange:
         self.connecting = True
         self._task = self.loop.create_task(self._connect(cluster, endpoint))
 
+    def _pick_extended(self, cluster: Cluster) -> Endpoint | None:
+        """Pick with a key, a sticky cookie and the cluster's limits; None when answered
+        (503/502) or queued. A picked endpoint counts against the cluster's limits."""
+        accept = self._accept if self.tried else None
+        if cluster.max_requests and cluster.active >= cluster.max_requests:
+            if not self._enqueue(cluster):
+                cluster.rejected += 1
+                self.respond_error(503, f"cluster {cluster.name} is at max_requests")
+            return None
+        endpoint: Endpoint | None = None
+        if cluster.sticky is not None:
+            endpoint = self._sticky_pick(cluster, accept)
+        if endpoint is None:
+            key = self._hash_key(cluster) if cluster.keyed else None
+            endpoint = cluster.pick(key, accept)
+        if endpoint is None:
+            if cluster.saturated() and self._enqueue(cluster):
+                return None
+            if self.tried:
+                self.respond_error(502, self.error or "no endpoint left to retry")
+            elif cluster.saturated():
+                cluster.rejected += 1
+                self.respond_error(503, f"every endpoint of cluster {cluster.name} is full")
+            else:
+                self.respond_error(503, f"no healthy endpoint in cluster {cluster.name}")
+            return None
+        cluster.active += 1
+        return endpoint
+
+    def _hash_key(self, cluster: Cluster) -> bytes | None:
+        """The bytes a keyed balancer hashes for this request; None (any endpoint) if absent."""
+        kind = cluster.hash_kind
+        request = self.request
+        if kind == SOURCE_IP:
+            return self.session.peer.encode()
+        if kind == URI:
+            return request.target
+        if kind == HEADER:
+            values = request.header_values(cluster.hash_name)
+            return b",".join(values) if values else None
+        if kind == COOKIE:
+            return cookie_value(request, cluster.hash_name)
+        if kind == QUERY:
+            name = cluster.hash_name.decode("latin-1")
+            for part in request.query.split("&"):
+                k, _, v = part.partition("=")
+                if k == name:
+                    return v.encode("latin-1")
+        return None
+
+    def _sticky_pick(self, cluster: Cluster, accept: Accept | None) -> Endpoint | None:
+        """The endpoint the client's sticky cookie names, if it may take this request."""
+        assert cluster.sticky is not None
+        value = cookie_value(self.request, cluster.sticky.cookie.encode())
+        self.sticky = b""  # answer with a cookie unless the one sent already names the endpoint
+        if value is None:
+            return None
+        endpoint = cluster.sticky_endpoint(value)
+        if endpoint is None:
+            return None
+        self.sticky = endpoint.address.encode()
+        if endpoint.available and (accept is None or accept(endpoint)):
+            return endpoint
+        return None
+
+    def _sticky_header(self, parts: list[bytes]) -> None:
+        """Add Set-Cookie when the endpoint that answered is not the one the cookie named."""
+        cluster = self.cluster
+        endpoint = self.tried[-1] if self.tried else None
+        if cluster is None or cluster.sticky is None or endpoint is None:
+            return
+        if self.sticky == endpoint.address.encode():
+            return
+        spec = cluster.sticky
+        cookie = b"%s=%s; Path=%s; HttpOnly" % (
+            spec.cookie.encode(),
+            cluster.sticky_value(endpoint),
+            spec.path.encode("latin-1"),
+        )
+        if spec.max_age is not None:
+            cookie += b"; Max-Age=%d" % int(spec.max_age)
+        parts.append(b"Set-Cookie: %s\r\n" % cookie)
+
+    def _enqueue(self, cluster: Cluster) -> bool:
+        """Wait for a free slot (`limits.max_pending`, `queue_timeout`); False when full."""
+        if len(cluster.waiting) >= cluster.max_pending:
+            return False
+        cluster.waiting.append(self)
+        cluster.queued += 1
+        self.queued = self.loop.call_later(cluster.spec.limits.queue_timeout, self._queue_expired)
+        return True
+
+    def wake(self) -> bool:
+        """A slot freed up in the cluster (the Waiter protocol): try again, unless gone."""
+        timer = self.queued
+        if timer is None or self.finished:
+            return False
+        timer.cancel()
+        self.queued = None
+        self._dispatch()
+        return True
+
+    def _queue_expired(self) -> None:
+        self.queued = None
+        cluster = self.cluster
+        if cluster is None or self.finished:
+            return
+        try:
+            cluster.waiting.remove(self)
+        except ValueError:
+            pass
+        cluster.queue_timeouts += 1
+        self.respond_error(503, f"no endpoint of cluster {cluster.name} freed up in time")
+
     async def _connect(self, cluster: Cluster, endpoint: Endpoint) -> None:
         pool = cluster.pools[endpoint]
         loop = self.loop
+        sock = None  # transparent proxying's own socket, until a transport owns it
+        conn: UpstreamConnection | None = None
         try:
             async with asyncio.timeout(cluster.spec.timeouts.connect):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(pool, endpoint, loop), endpoint.host, endpoint.port
-                )
+                if cluster.spec.source_address == "client":
+                    # Transparent proxying (packet/transparent.py): connect from the client's own
+                    # address. IP_TRANSPARENT lets a socket bind an address that is not ours;
+                    # bascule's marks and policy routing hand the endpoint's replies to it. A
+                    # connection made for one client must never carry another's requests, so
+                    # a transparent cluster pools nothing: max_idle 0 makes every release close.
+                    import socket
+
+                    pool.max_idle = 0
+                    v6 = ":" in self.session.peer
+                    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
+                    # IPV6_TRANSPARENT (75) is missing from Python's socket module.
+                    level = socket.IPPROTO_IPV6 if v6 else socket.SOL_IP
+                    sock.setsockopt(level, 75 if v6 else socket.IP_TRANSPARENT, 1)
+                    sock.setblocking(False)
+                    sock.bind((self.session.peer, 0))
+                    await loop.sock_connect(sock, (endpoint.host, endpoint.port))
+                    _, conn = await loop.create_connection(
+                        lambda: UpstreamConnection(pool, endpoint, loop), sock=sock
+                    )
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: UpstreamConnection(pool, endpoint, loop),
+                        endpoint.host,
+                        endpoint.port,
+                    )
         except TimeoutError:
             if self.endpoint is endpoint and not self.finished:
                 self.connecting = False
@@ -208,6 +377,9 @@ class Exchange:
                 reason = e.strerror or str(e)
                 self.upstream_error(502, f"connect to {endpoint.address}: {reason}", True)
             return
+        finally:
+            if sock is not None and conn is None:
+                sock.close()
         pool.created += 1
         if self.finished or self.endpoint is not endpoint:
             pool.release(conn, loop.time())  # a fresh connection is still good for the next
@@ -358,7 +530,7 @@ class Exchange:
                 element = b", ".join(prior_fwd) + b", " + element
             lines.append(b"Forwarded: %s\r\n" % element)
         if fwd.via:
-            lines.append(b"Via: %s\r\n" % ctx.via)
+            lines.append(ctx.via_line)
         if request.framing == CHUNKED:
             if chunked:
                 lines.append(b"Transfer-Encoding: chunked\r\n")
@@ -372,91 +544,80 @@ class Exchange:
 
     # ------------------------------------------------------------ response from upstream
 
-    def on_response_head(
-        self,
-        conn: UpstreamConnection,
-        status: int,
-        reason: bytes,
-        headers: list[tuple[bytes, bytes]],
-        version: str,
-    ) -> None:
+    def on_response_head(self, conn: UpstreamConnection, status: int, head: bytes) -> None:
+        """Relay a response head: its fields nearly verbatim, framing and hop-by-hop redone.
+
+        `head` is the status line and the field lines, each ending in CRLF, as received.
+        Fields bascule must act on are found and cut by one regular expression in C, so a
+        typical head costs a few calls whatever its number of fields.
+        """
         if conn is not self.conn or self.finished:
             return
         request = self.request
+        line_end = head.find(b"\r\n")
+        reason = head[8:line_end]  # b" 200 OK": the status line after its version
+        block = head[line_end + 2 :]
+        found = _RESPONSE_FIELDS.findall(block)
+        if found:
+            block = _RESPONSE_FIELDS.sub(b"", block)
         if status < 200:
             if status == 101:
                 self.upstream_failed(conn, "endpoint switched protocols unasked")
-                return
-            if request.version == "1.1" and not self.response_started:
-                lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))]
-                lines += [b"%s: %s\r\n" % (n, v) for n, v in headers if n.lower() not in HOP_BY_HOP]
-                lines.append(_CRLF)
-                self.out.append(b"".join(lines))
+            elif request.version == "1.1" and not self.response_started:
+                self.out.append(b"HTTP/1.1%s\r\n%s\r\n" % (reason, block))
             return
         now = self.loop.time()
         self.t_header = time.monotonic()
         self.deadline_response = 0.0
         self.status = status
-        has_body = response_has_body(request.method, status)
+        length: bytes | None = None
+        chunked = False
+        for name, value in found:
+            lname = name.lower()
+            if lname == b"content-length":
+                length = value
+            elif lname == b"transfer-encoding":
+                chunked = True
+            elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                block = _drop_fields(block, connection_tokens([value]) - _PLAIN_CONNECTION)
         route = self.route
         assert route is not None
         edits = route.response_edits
-        removed = edits.remove
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))]
-        length: bytes | None = None
-        chunked = False
-        tokens: list[bytes] = []
-        for name, value in headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"transfer-encoding":
-                    chunked = True
-                elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
-                    tokens.append(value)
-                continue
-            if lname == b"content-length":
-                length = value
-                continue
-            if removed and lname in removed:
-                continue
-            lines.append(b"%s: %s\r\n" % (name, value))
-        if tokens:
-            named = {t.strip().lower() for v in tokens for t in v.split(b",")}
-            named -= {b"close", b"keep-alive"}
-            if named:
-                lines = [lines[0]] + [
-                    line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named
-                ]
+        if edits.remove:
+            block = _drop_fields(block, edits.remove)
+        parts = [b"HTTP/1.1", reason, b"\r\n", block]
         client_11 = request.version == "1.1"
-        if not has_body:
+        if not response_has_body(request.method, status):
             if length is not None and not chunked:
-                lines.append(b"Content-Length: %s\r\n" % length)
+                parts.append(b"Content-Length: %s\r\n" % length)
         elif chunked or length is None:
             # chunked or close-delimited upstream: re-chunk for 1.1, close-delimit for 1.0
             self.until_close = not chunked
             if client_11:
                 self.client_chunked = True
-                lines.append(b"Transfer-Encoding: chunked\r\n")
+                parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.close_after = True
         else:
-            lines.append(b"Content-Length: %s\r\n" % length)
+            parts.append(b"Content-Length: %s\r\n" % length)
         if not request.keep_alive or self.ctx.draining:
             self.close_after = True
         if self.close_after:
-            lines.append(b"Connection: close\r\n")
+            parts.append(b"Connection: close\r\n")
         elif not client_11:
-            lines.append(b"Connection: keep-alive\r\n")
+            parts.append(b"Connection: keep-alive\r\n")
         if self.ctx.forwarded.via:
-            lines.append(b"Via: %s\r\n" % self.ctx.via)
-        if edits:
-            lines += [b"%s: %s\r\n" % pair for pair in edits.set]
-            lines += [b"%s: %s\r\n" % pair for pair in edits.add]
-        lines.append(_CRLF)
+            parts.append(self.ctx.via_line)
+        if edits.set or edits.add:
+            parts += [b"%s: %s\r\n" % pair for pair in edits.set]
+            parts += [b"%s: %s\r\n" % pair for pair in edits.add]
+        if self.sticky is not None:
+            self._sticky_header(parts)
+        parts.append(_CRLF)
         self.response_started = True
-        self.out.append(b"".join(lines))
+        self.out.append(b"".join(parts))
         idle = self.cluster.spec.timeouts.idle if self.cluster else 0.0
-        if idle and has_body:
+        if idle:
             self.session.arm(now + idle)
 
     def on_response_body(self, data: bytes) -> None:
@@ -495,10 +656,16 @@ class Exchange:
         """Give the connection back (to its pool, or closed) and the endpoint its verdict."""
         conn = self.conn
         endpoint = self.endpoint
+        cluster = self.cluster
         if endpoint is not None:
             endpoint.active -= 1
             endpoint.observe(time.monotonic() - self.t_dispatch, ok)
             self.endpoint = None
+            if cluster is not None and cluster.extended:
+                cluster.released(endpoint, ok)
+        elif self.queued is not None:  # the client left, or the exchange failed, while queued
+            self.queued.cancel()
+            self.queued = None
         if conn is None:
             return
         self.conn = None
@@ -506,8 +673,10 @@ class Exchange:
         if self.upstream_read_paused and conn.transport is not None and not conn.closed:
             conn.transport.resume_reading()
             self.upstream_read_paused = False
-        if reusable and not conn.closed and endpoint is not None and self.cluster is not None:
-            self.cluster.pools[endpoint].release(conn, self.loop.time())
+        # A pool may be gone: discovery retired the endpoint while this exchange used it.
+        pool = cluster.pools.get(endpoint) if endpoint is not None and cluster is not None else None
+        if reusable and not conn.closed and pool is not None:
+            pool.release(conn, self.loop.time())
         else:
             conn.close()
 
@@ -638,27 +807,25 @@ class Exchange:
         body: bytes,
         reason: str,
         extra: list[tuple[bytes, bytes]] | None = None,
+        content_type: bytes = b"text/plain; charset=utf-8",
     ) -> None:
+        """An answer bascule writes itself, framed for this request (HEAD, Connection)."""
         request = self.request
         if reason:
             self.error = reason
         close = self.close_after or not request.keep_alive or self.ctx.draining
-        self.respond_raw(
-            simple_response(
-                status, body, close=close, extra=extra, head_only=request.method == "HEAD"
-            ),
-            status,
-            close,
+        head_only = request.method == "HEAD"
+        response = simple_response(
+            status, body, close=close, extra=extra, head_only=head_only, content_type=content_type
         )
+        self.respond_raw(response, status, close, 0 if head_only else len(body))
 
-    def respond_raw(self, data: bytes, status: int = 0, close: bool = False) -> None:
-        if not status:
-            status = int(data[9:12])
+    def respond_raw(self, data: bytes, status: int, close: bool, body_length: int) -> None:
         self.status = status
         self.close_after = close or self.close_after
         self.response_started = True
         self.response_done = True
-        self.bytes_sent = len(data)
+        self.bytes_sent = body_length
         self.session.write(data)
         if self.request.complete:
             self._finish()
@@ -731,3 +898,13 @@ class Exchange:
             if conn is not None and conn.transport is not None and not conn.closed:
                 conn.last_read = self.loop.time()
                 conn.transport.resume_reading()
+
+
+def cookie_value(request: Request, name: bytes) -> bytes | None:
+    """The value of the request's cookie `name` (RFC 6265 `Cookie` fields), or None."""
+    for field in request.header_values(b"cookie"):
+        for pair in field.split(b";"):
+            k, eq, v = pair.strip().partition(b"=")
+            if eq and k == name:
+                return v.strip(b'"')
+    return None

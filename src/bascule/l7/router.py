@@ -12,9 +12,9 @@ import random
 import re
 from collections.abc import Callable
 from itertools import accumulate
+from typing import NamedTuple
 from urllib.parse import parse_qsl
 
-from bascule.codec.http1 import simple_response
 from bascule.config.schema import HeaderEdits, HeaderMatch, RouteConfig
 
 HeaderLookup = Callable[[bytes], list[bytes]]
@@ -23,6 +23,14 @@ HeaderLookup = Callable[[bytes], list[bytes]]
 FORWARD = 0
 REDIRECT = 1
 DIRECT = 2
+
+
+class DirectSpec(NamedTuple):
+    """A fixed answer; framed per request (HEAD, Connection: close) by the exchange."""
+
+    status: int
+    body: bytes
+    content_type: bytes
 
 
 class HeaderEditor:
@@ -99,7 +107,7 @@ class Route:
         self.split: list[str] = []
         self.split_totals: list[int] = []
         self.redirect = spec.redirect
-        self.direct: bytes = b""
+        self.direct: DirectSpec | None = None
         if spec.cluster is not None or spec.split is not None:
             self.kind = FORWARD
             if spec.split is not None:
@@ -111,9 +119,7 @@ class Route:
             self.kind = DIRECT
             d = spec.direct_response
             assert d is not None
-            self.direct = simple_response(
-                d.status, d.body.encode(), content_type=d.content_type.encode()
-            )
+            self.direct = DirectSpec(d.status, d.body.encode(), d.content_type.encode())
         self.rewrite_prefix = spec.rewrite_path_prefix
         self.request_edits = HeaderEditor(spec.request_headers)
         self.response_edits = HeaderEditor(spec.response_headers)

@@ -62,6 +62,7 @@ class HttpSession(asyncio.Protocol):
         "_head_bytes",
         "_head_size",
         "_headers",
+        "_heads",
         "_in_head",
         "_lingering",
         "_parsing",
@@ -98,6 +99,7 @@ class HttpSession(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes, bytes]] = []
         self._head_size = 0
         self._head_bytes = 0
+        self._heads = 0  # heads parsed on this connection
         self._in_head = True
         self._paused = 0
         self._closing = False
@@ -131,13 +133,8 @@ class HttpSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        if self._in_head:
-            self._head_bytes += len(data)
-            limits = self.ctx.limits
-            if self._head_bytes > limits.max_header_size + limits.max_uri + _HEAD_SLACK:
-                self._protocol_error(ProtocolError("request head too large", 431))
-                return
         self.last_read = self.loop.time()
+        heads_before = self._heads
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -151,6 +148,14 @@ class HttpSession(asyncio.Protocol):
             err = self._error or ProtocolError(f"malformed request: {e}")
             self._error = None
             self._protocol_error(err)
+            return
+        if self._in_head and self._heads == heads_before:
+            # llhttp keeps an unfinished field line to itself, so a head that never ends
+            # is bounded here, by the bytes fed while no head completed.
+            self._head_bytes += len(data)
+            limits = self.ctx.limits
+            if self._head_bytes > limits.max_header_size + limits.max_uri + _HEAD_SLACK:
+                self._protocol_error(ProtocolError("request head too large", 431))
 
     def eof_received(self) -> bool | None:
         # A client may half-close after its last request and still read the answer.
@@ -215,6 +220,7 @@ class HttpSession(asyncio.Protocol):
         started = time.monotonic()
         self._in_head = False
         self._head_bytes = 0
+        self._heads += 1
         self.header_deadline = 0.0
         parser = self.parser
         method = parser.get_method().decode("ascii", "replace")
@@ -229,6 +235,8 @@ class HttpSession(asyncio.Protocol):
         if request.framing:
             self.body_deadline = now + self.ctx.timeouts.request_body
             self.arm(self.body_deadline)
+        else:
+            request.complete = True  # nothing follows the head: it can be sent (and retried) whole
         if self.exchange is None and not self.pending:
             self._start(request)
         else:
@@ -252,10 +260,14 @@ class HttpSession(asyncio.Protocol):
             request.body_buffered += len(body)
 
     def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
         request = self._parsing
         if request is None:
             return
         self._parsing = None
+        if request.complete:  # a request without body was complete at its head
+            return
         self.body_deadline = 0.0
         request.complete = True
         exchange = self.exchange

@@ -29,15 +29,15 @@ class UpstreamConnection(asyncio.Protocol):
         "closed",
         "endpoint",
         "exchange",
+        "head_buf",
         "head_only",
-        "headers",
         "idle_since",
+        "in_head",
         "keep_alive",
         "last_read",
         "loop",
         "parser",
         "pool",
-        "reason",
         "status",
         "transport",
     )
@@ -55,8 +55,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_read = 0.0
         self.head_only = False
         self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        # The response head as received: forwarded nearly verbatim, so headers need no
+        # per-field callbacks (the parser is given no on_header at all).
+        self.in_head = True
+        self.head_buf = b""
         self._done = False  # the current exchange's response is finished
 
     # -- pool interface
@@ -75,6 +77,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = exchange
         self.head_only = head_only
         self._done = False
+        self.in_head = True
+        self.head_buf = b""
         self.last_read = self.loop.time()
 
     def detach(self) -> None:
@@ -94,6 +98,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.discard(self)
             return
         self.last_read = self.loop.time()
+        if self.in_head:
+            self.head_buf += data
         try:
             self.parser.feed_data(data)
         except HttpParserError as e:
@@ -134,15 +140,6 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.exchange is None or self._done:
             self.keep_alive = False
-            return
-        self.headers = []
-        self.reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -151,9 +148,17 @@ class UpstreamConnection(asyncio.Protocol):
         parser = self.parser
         self.status = status = parser.get_status_code()
         self.keep_alive = parser.should_keep_alive()
-        exchange.on_response_head(
-            self, status, self.reason, self.headers, parser.get_http_version()
-        )
+        # llhttp accepted the head, so it ends at the first blank line of the buffer (it
+        # refuses bare LF and obs-fold), and the buffer starts with this message.
+        buf = self.head_buf
+        end = buf.find(b"\r\n\r\n") + 2
+        head = buf[:end]
+        if status < 200:
+            self.head_buf = buf[end + 2 :]  # an interim response: the final one follows
+        else:
+            self.in_head = False
+            self.head_buf = b""
+        exchange.on_response_head(self, status, head)
         if status >= 200 and self.head_only and self.exchange is exchange and not self._done:
             # The parser would wait for the body a HEAD response never has: end it here and
             # give the next exchange a fresh parser.

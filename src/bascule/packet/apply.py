@@ -92,6 +92,16 @@ def preflight(services: Sequence[ServiceConfig], netns: str | None = None) -> di
     Refuses (PacketError) a missing interface or a VIP that is not on its interface.
     """
     check_privileges()
+    for index, service in enumerate(services):
+        if (
+            service.mode == "nat"
+            and service.protocol == "udp"
+            and shutil.which("conntrack") is None
+        ):
+            raise PacketError(
+                f"services[{index}] ({service.name}).protocol: nat over udp flushes a removed "
+                "endpoint's conntrack entries with the conntrack command; install conntrack"
+            )
     macs: dict[str, str] = {}
     for index, service in enumerate(services):
         key = f"services[{index}] ({service.name})"
@@ -193,6 +203,35 @@ def run_nft(program: str, netns: str | None = None, *, check_only: bool = False)
         raise PacketError(f"nftables refused bascule's program: {exc}") from None
 
 
+def flush_conntrack(service: ServiceConfig, address: str, netns: str | None = None) -> int:
+    """Forget a NAT service's UDP conntrack entries that lead to endpoint `address`.
+
+    UDP has no close: without this, a client that keeps sending (a DNS resolver's fixed source
+    port) stays NAT'd to a dead endpoint until the entry times out. TCP is left alone: a dead
+    endpoint's connections fail by themselves and new ones pick another endpoint. Returns how
+    many entries were deleted.
+    """
+    argv = [
+        "conntrack", "-D", "-p", "udp", "--orig-dst", service.vip,
+        "--dport", str(service.port), "--reply-src", address,
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(
+            _argv(argv, netns), capture_output=True, text=True, timeout=30, check=False
+        )
+    except FileNotFoundError:
+        raise PacketError("conntrack: command not found; install conntrack") from None
+    except subprocess.TimeoutExpired:
+        raise PacketError("conntrack -D: no answer in 30s") from None
+    # conntrack exits 1 when nothing matched; its summary line says how many were deleted.
+    words = done.stderr.split()
+    if "flow" in words and words.index("flow") > 0 and words[words.index("flow") - 1].isdigit():
+        return int(words[words.index("flow") - 1])
+    if done.returncode != 0:
+        raise PacketError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+    return 0
+
+
 def bascule_tables(netns: str | None = None) -> set[TableId]:
     """bascule's tables in the kernel now (leftovers from a killed run included)."""
     out = _run(["nft", "-j", "list", "tables"], netns)
@@ -202,6 +241,8 @@ def bascule_tables(netns: str | None = None) -> set[TableId]:
         if not table:
             continue
         name, family = table.get("name", ""), table.get("family", "")
+        if name == nft.TRANSPARENT_TABLE and family == "inet":
+            continue  # transparent proxying's marks: owned by packet/transparent.py
         if (name == nft.NAT_TABLE or name.startswith("bascule_")) and family in ("inet", "netdev"):
             found.add((family, name))
     return found

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     down.set_defaults(handler=_testbed_down)
 
     tr = subparsers.add_parser("trace", help="run one request through a mode and show the packets")
-    tr.add_argument("--mode", choices=("proxy", "nat", "dsr"), required=True)
+    tr.add_argument("--mode", choices=("proxy", "transparent", "nat", "dsr"), required=True)
     tr.add_argument("--protocol", choices=("tcp", "udp"), default="tcp")
     tr.set_defaults(handler=_trace)
 

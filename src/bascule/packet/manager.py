@@ -11,6 +11,9 @@ Rules of this module:
   move at once instead of blackholing until their timeout; a drained endpoint (weight 0) keeps
   its pinned flows.
 - Health is keyed `"<service name>/<endpoint address>"`; a missing key means up.
+- NAT over UDP: an endpoint that goes down or leaves the config has its conntrack entries
+  flushed after the transaction, or a client that keeps its source port (a resolver) would stay
+  NAT'd to it until the entry expires. A drained endpoint (weight 0) keeps them.
 - `stop` removes the tables this manager programmed; it is safe to call twice.
 """
 
@@ -49,6 +52,7 @@ class ServiceManager:
         self._health: dict[str, bool] = {}
         self._tables: set[TableId] = set()
         self.last_program = ""  # the last transaction applied, for logs and tests
+        self.flushed = 0  # UDP conntrack entries flushed so far, for logs and tests
 
     # -------------------------------------------------------------- supervisor API
 
@@ -64,8 +68,10 @@ class ServiceManager:
         same_structure = set(old) == {s.service.name for s in states} and all(
             nft.structure_key(old[s.service.name]) == nft.structure_key(s) for s in states
         )
+        old_health = dict(self._health)
         if not same_structure:
             self._apply_replace(states, health)
+            self._flush_gone(old, old_health, states, health)
             return self.last_program
         slots = "".join(nft.slot_diff(old[s.service.name], s) for s in states)
         unpin = "".join(self._unpin_dead(s, health) for s in states)
@@ -81,6 +87,7 @@ class ServiceManager:
             apply.run_nft(program, self.netns)
         self._commit(states, health)
         self.last_program = program
+        self._flush_gone(old, old_health, states, health)
         return program
 
     def stop(self) -> None:
@@ -158,6 +165,32 @@ class ServiceManager:
             return ""
         flows = apply.list_flows(service, self.netns)
         return nft.flow_deletes(service, [(a, p) for a, p, mac in flows if mac in dead])
+
+    def _flush_gone(
+        self,
+        old: Mapping[str, ServiceState],
+        old_health: Mapping[str, bool],
+        states: Sequence[ServiceState],
+        health: Mapping[str, bool],
+    ) -> None:
+        """Flush the UDP conntrack entries of NAT endpoints that were up and are not any more."""
+        now = {s.service.name: s.service for s in states}
+        for name, before in old.items():
+            service = before.service
+            if service.mode != "nat" or service.protocol != "udp":
+                continue
+            after = now.get(name)
+            kept = {} if after is None else {e.address: e for e in after.endpoints}
+            for endpoint in service.endpoints:
+                if endpoint.weight == 0 or not old_health.get(
+                    health_key(service, endpoint.address), True
+                ):
+                    continue  # it took no new flows before either
+                if endpoint.address in kept and health.get(
+                    health_key(service, endpoint.address), True
+                ):
+                    continue  # still up (weight 0 drains: its flows finish)
+                self.flushed += apply.flush_conntrack(service, endpoint.address, self.netns)
 
     def _apply_replace(self, states: list[ServiceState], health: Mapping[str, bool]) -> None:
         program_tables = nft.tables_for(s.service for s in states)

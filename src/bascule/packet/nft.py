@@ -46,6 +46,7 @@ HASH_SEED = 0x62736375  # "bscu": fixed so that every LB hashes a flow the same 
 FLOW_TIMEOUT = 60  # seconds an idle DSR flow stays pinned to its endpoint
 FLOW_MAP_SIZE = 262144  # most pinned DSR flows per service; beyond it flows are hashed only
 NAT_TABLE = "bascule"
+TRANSPARENT_TABLE = "bascule_transparent"  # inet; packet/transparent.py's, not a service's
 DSR_PRIORITY = -300  # netdev ingress: before anything else a user may hook there
 ELEMENTS_PER_LINE = 4096  # element batches per `add element` statement, for readable errors
 

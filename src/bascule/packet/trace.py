@@ -41,7 +41,7 @@ from bascule.config.services import ServiceConfig
 from bascule.packet import apply, nft, realserver
 from bascule.packet.testbed import CLIENT_IP, LB_IP, MACS, VIP, Testbed, in_netns, netns_socket
 
-Mode = Literal["proxy", "nat", "dsr"]
+Mode = Literal["proxy", "transparent", "nat", "dsr"]
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 SO_TIMESTAMPNS = 35
@@ -366,8 +366,9 @@ def prepare_realservers(bed: Testbed, vip: str = VIP) -> None:
 
 
 @contextlib.contextmanager
-def proxy(bed: Testbed, lifetime: float = 30.0) -> Iterator[None]:
-    """bascule's own HTTP proxy on VIP:80 in the LB namespace, forwarding to rs1 and rs2."""
+def proxy(bed: Testbed, lifetime: float = 30.0, *, transparent: bool = False) -> Iterator[None]:
+    """bascule's own HTTP proxy on VIP:80 in the LB namespace, forwarding to rs1 and rs2;
+    `transparent`: from the client's address (`source_address: client`)."""
     if shutil.which("bascule") is None and not Path(sys.executable).with_name("bascule").exists():
         raise RuntimeError("proxy mode needs the `bascule run` command, which is not installed")
     exe = str(Path(sys.executable).with_name("bascule"))
@@ -377,7 +378,8 @@ def proxy(bed: Testbed, lifetime: float = 30.0) -> Iterator[None]:
         f'  - {{name: web, address: "{VIP}:{SERVICE_PORT}", protocol: http,\n'
         "     routes: [{match: {path_prefix: /}, cluster: c}]}\n"
         "clusters:\n"
-        '  - {name: c, endpoints: [{address: "198.18.0.11:80"}, {address: "198.18.0.12:80"}]}\n'
+        '  - {name: c, endpoints: [{address: "198.18.0.11:80"}, {address: "198.18.0.12:80"}]'
+        + (", source_address: client}\n" if transparent else "}\n")
     )
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         handle.write(config)
@@ -417,13 +419,13 @@ def proxy(bed: Testbed, lifetime: float = 30.0) -> Iterator[None]:
 
 def trace(bed: Testbed, mode: Mode, protocol: str = "tcp") -> TraceResult:
     """Program the LB for `mode`, run one request with captures on, clean up, tabulate."""
-    if mode == "proxy" and protocol != "tcp":
-        raise ValueError("proxy mode traces an HTTP request: use protocol tcp")
+    if mode in ("proxy", "transparent") and protocol != "tcp":
+        raise ValueError(f"{mode} mode traces an HTTP request: use protocol tcp")
     servers = Servers(bed, bed.rs_hosts, protocol)
     try:
         with contextlib.ExitStack() as stack:
-            if mode == "proxy":
-                stack.enter_context(proxy(bed))
+            if mode == "proxy" or mode == "transparent":
+                stack.enter_context(proxy(bed, transparent=mode == "transparent"))
             else:
                 if mode == "dsr":
                     prepare_realservers(bed)

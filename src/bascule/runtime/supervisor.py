@@ -81,6 +81,10 @@ class Supervisor:
                         f"demo backend {name}: cannot listen on {host}:{port}: {e.strerror}"
                     ) from e
         self._announce()
+        # Packet modes (nat/dsr services, transparent routing): programmed now, removed below.
+        from bascule.packet.runtime import start_packet
+
+        packet = await start_packet(self.config, self.printer)
         count = self.config.worker_count
         if count == 1:
             worker = Worker(self.config, self.sockets)
@@ -100,6 +104,8 @@ class Supervisor:
             server.close()
         for sock in self.sockets.values():
             sock.close()
+        if packet is not None:
+            await packet.stop()
         return 0
 
     async def _keep_worker(self, index: int) -> None:

@@ -19,6 +19,9 @@ Rules of this module:
 - Health flips should go through `set_healthy`, which stamps `healthy_since` so slow start knows
   when the endpoint came up. `healthy_since` is 0.0 until the first flip, so an endpoint that
   is healthy from the start gets its full weight at once (HAProxy does not slow-start on boot).
+- Two verdicts make `healthy` when both are in use: the active checks' (`set_check`) and the
+  outlier detector's (`set_ejected`). `healthy` is "checks pass and not ejected", so neither
+  can bring back an endpoint the other holds out, and `available` stays one attribute read.
 """
 
 from __future__ import annotations
@@ -47,8 +50,14 @@ class Endpoint:
         "active",
         "address",
         "backup",
+        "check_ok",
+        "consecutive_failures",
         "disabled",
         "drain",
+        "eject_level",
+        "ejected",
+        "ejected_until",
+        "ejections",
         "ewma",
         "ewma_decay",
         "ewma_stamp",
@@ -100,6 +109,13 @@ class Endpoint:
         self.ewma_decay = DEFAULT_EWMA_DECAY_S  # the peak_ewma balancer sets its own
         # Room for balancers that need per-endpoint scratch state.
         self.extra: dict[str, Any] = {}
+        # The active checks' verdict and the outlier detector's state (see outlier.py).
+        self.check_ok = True
+        self.ejected = False
+        self.ejections = 0  # times ejected, ever (stats)
+        self.eject_level = 0  # repeated ejections in a row: multiplies the ejection time
+        self.ejected_until = 0.0  # monotonic; the end of the current or last ejection
+        self.consecutive_failures = 0
 
     @property
     def available(self) -> bool:
@@ -129,6 +145,29 @@ class Endpoint:
         if healthy and not self.healthy:
             self.healthy_since = monotonic() if now is None else now
         self.healthy = healthy
+
+    def set_check(self, ok: bool, now: float | None = None) -> None:
+        """The active health checks' verdict; healthy again only if not ejected too."""
+        self.check_ok = ok
+        self.set_healthy(ok and not self.ejected, now)
+
+    def set_ejected(self, ejected: bool, now: float | None = None) -> None:
+        """The outlier detector's verdict; healthy again only if the checks pass too."""
+        self.ejected = ejected
+        self.set_healthy(self.check_ok and not ejected, now)
+
+    @property
+    def state(self) -> str:
+        """One word for people (admin API): why this endpoint does or does not take traffic."""
+        if self.disabled:
+            return "disabled"
+        if not self.check_ok:
+            return "unhealthy"
+        if self.ejected:
+            return "ejected"
+        if self.drain:
+            return "draining"
+        return "healthy"
 
     def observe(self, latency_s: float, ok: bool) -> None:
         """Record one finished request or connection: counters and the latency EWMA."""
