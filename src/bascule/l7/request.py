@@ -20,6 +20,7 @@ class Request:
         "host_raw",
         "keep_alive",
         "method",
+        "method_raw",
         "path",
         "query",
         "start",
@@ -36,6 +37,7 @@ class Request:
         start: float,
     ) -> None:
         self.method = method
+        self.method_raw = method.encode()
         self.target = target
         self.version = version
         # (lower-cased name, name as sent, value): matching uses the first, forwarding the rest

@@ -20,7 +20,7 @@ from typing import Final
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from bascule.codec.headers import connection_tokens
+from bascule.codec.headers import connection_tokens, forwarded_element
 from bascule.codec.http1 import (
     CHUNKED,
     LENGTH,
@@ -63,6 +63,8 @@ class HttpSession(asyncio.Protocol):
         "_head_size",
         "_headers",
         "_heads",
+        "_identity",
+        "_identity_host",
         "_in_head",
         "_lingering",
         "_parsing",
@@ -82,6 +84,7 @@ class HttpSession(asyncio.Protocol):
         "peer_port",
         "pending",
         "transport",
+        "trusted_peer",
         "write_paused_since",
     )
 
@@ -113,6 +116,9 @@ class HttpSession(asyncio.Protocol):
         self.body_deadline = 0.0
         self.last_read = 0.0
         self.write_paused_since = 0.0
+        self.trusted_peer = False
+        self._identity = b""
+        self._identity_host: bytes | None = None
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -123,6 +129,7 @@ class HttpSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer, self.peer_port = peer[0], peer[1]
+            self.trusted_peer = bool(ctx.trusted) and ctx.trusted.contains(self.peer)
         if len(ctx.sessions) > ctx.limits.max_connections or ctx.draining:
             self._closing = True
             self.transport.abort()
@@ -223,8 +230,15 @@ class HttpSession(asyncio.Protocol):
         self._heads += 1
         self.header_deadline = 0.0
         parser = self.parser
-        method = parser.get_method().decode("ascii", "replace")
-        request = Request(method, self._url, parser.get_http_version(), self._headers, started)
+        method_raw = parser.get_method()
+        request = Request(
+            method_raw.decode("ascii", "replace"),
+            self._url,
+            parser.get_http_version(),
+            self._headers,
+            started,
+        )
+        request.method_raw = method_raw
         request.keep_alive = parser.should_keep_alive()
         try:
             self._check_head(request)
@@ -335,6 +349,35 @@ class HttpSession(asyncio.Protocol):
             request.host_raw = hosts[0].strip()
             host = request.host_raw.decode("latin-1").lower()
             request.host = host[: host.find("]") + 1] if host[:1] == "[" else host.partition(":")[0]
+
+    def identity(self, host: bytes) -> bytes:
+        """The client-identity fields bascule adds for an untrusted client, per session.
+
+        They depend only on the peer (fixed for the session) and the Host (nearly always the
+        same on one connection), so they are built once and reused.
+        """
+        if host == self._identity_host:
+            return self._identity
+        ctx = self.ctx
+        fwd = ctx.forwarded
+        peer = self.peer.encode()
+        fields: list[bytes] = []
+        if fwd.x_forwarded_for:
+            fields.append(b"X-Forwarded-For: %s\r\n" % peer)
+        if fwd.x_forwarded_proto:
+            fields.append(b"X-Forwarded-Proto: http\r\n")
+        if fwd.x_forwarded_host and host:
+            fields.append(b"X-Forwarded-Host: %s\r\n" % host)
+        if fwd.forwarded:
+            element = forwarded_element(
+                self.peer, ctx.server_name, "http", host.decode("latin-1") if host else None
+            )
+            fields.append(b"Forwarded: %s\r\n" % element)
+        if fwd.via:
+            fields.append(ctx.via_line)
+        self._identity_host = host
+        self._identity = b"".join(fields)
+        return self._identity
 
     # ------------------------------------------------------------ exchanges
 
