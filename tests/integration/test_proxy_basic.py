@@ -21,7 +21,8 @@ def test_get_is_proxied_with_client_identity(tmp_path: Path, backend: Backend) -
     assert seen.header("X-Forwarded-For") == "127.0.0.1"
     assert seen.header("X-Forwarded-Proto") == "http"
     assert seen.header("X-Forwarded-Host") == f"127.0.0.1:{port}"
-    assert seen.header("Forwarded") == f'for=127.0.0.1;by=bascule;proto=http;host="127.0.0.1:{port}"'
+    forwarded = f'for=127.0.0.1;by=bascule;proto=http;host="127.0.0.1:{port}"'
+    assert seen.header("Forwarded") == forwarded
     assert seen.header("Via") == "1.1 bascule"
     assert r.headers["via"] == "1.1 bascule"
     assert json.loads(r.content)["backend"] == "b1"
@@ -67,14 +68,16 @@ def test_http10_client(tmp_path: Path, backend: Backend) -> None:
 
 def test_http10_keep_alive(tmp_path: Path, backend: Backend) -> None:
     port = free_port()
-    with running(proxy_config(port, [backend.address]), tmp_path, port):
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            for _ in range(2):
-                s.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    head += s.recv(65536)
-                assert b"Connection: keep-alive" in head
+    with (
+        running(proxy_config(port, [backend.address]), tmp_path, port),
+        socket.create_connection(("127.0.0.1", port), timeout=5) as s,
+    ):
+        for _ in range(2):
+            s.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(65536)
+            assert b"Connection: keep-alive" in head
 
 
 def test_hop_by_hop_headers_are_removed_both_ways(tmp_path: Path) -> None:

@@ -136,3 +136,28 @@ def test_upload_streams_to_a_slow_backend_with_flat_memory(tmp_path: Path) -> No
     assert head.startswith(b"HTTP/1.1 200")
     assert body == f"{size} {expected.hexdigest()}".encode()
     assert peak[0] - baseline < 32 * 1024, f"RSS grew by {(peak[0] - baseline) // 1024} MiB"
+
+
+def test_long_bodies_relayed_raw_keep_the_connections_reusable(tmp_path: Path) -> None:
+    """Bodies longer than one read are relayed without the parser; the pool still works."""
+    sizes = [300_000, 1, 700_001, 65_536, 2_000_000]
+
+    def sized(h: BackendHandler, seen: Seen) -> None:
+        n = int(seen.path.strip("/"))
+        h.reply(200, bytes(i % 251 for i in range(n)))
+
+    b = Backend(sized)
+    port = free_port()
+    try:
+        with running(proxy_config(port, [b.address]), tmp_path, port), socket.create_connection(
+            ("127.0.0.1", port), timeout=10
+        ) as s:
+            for n in sizes * 2:
+                s.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
+                head, body = read_response(s)
+                assert head.startswith(b"HTTP/1.1 200")
+                assert body == bytes(i % 251 for i in range(n))
+    finally:
+        b.stop()
+    assert len(b.requests) == len(sizes) * 2
+    assert b.accepts == 1

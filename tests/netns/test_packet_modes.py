@@ -122,13 +122,26 @@ def test_realserver_apply_puts_the_vip_on_lo_without_arp(bed: Testbed) -> None:
     rs = bed.ns("rs1")
     realserver.apply(realserver.plan(VIP), netns=rs)
     realserver.apply(realserver.plan(VIP), netns=rs)  # idempotent
-    addrs = json.loads(subprocess.run(
-        ["ip", "-n", rs, "-j", "addr", "show", "dev", "lo"], capture_output=True, check=True
-    ).stdout)
+    addrs = json.loads(
+        subprocess.run(
+            ["ip", "-n", rs, "-j", "addr", "show", "dev", "lo"], capture_output=True, check=True
+        ).stdout
+    )
     assert VIP in {a["local"] for a in addrs[0]["addr_info"]}
     out = subprocess.run(
-        ["ip", "netns", "exec", rs, "sysctl", "-n", "net.ipv4.conf.all.arp_ignore",
-         "net.ipv4.conf.all.arp_announce"], capture_output=True, text=True, check=True,
+        [
+            "ip",
+            "netns",
+            "exec",
+            rs,
+            "sysctl",
+            "-n",
+            "net.ipv4.conf.all.arp_ignore",
+            "net.ipv4.conf.all.arp_announce",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert out == ["1", "2"]
 
@@ -218,11 +231,15 @@ def _ask(sock: socket.socket) -> str:
 
 
 def _dsr_with(weights: tuple[int, int]) -> ServiceConfig:
-    return ServiceConfig.model_validate({
-        **trace.service("dsr").model_dump(),
-        "endpoints": [{"address": RS_IPS[0], "weight": weights[0]},
-                      {"address": RS_IPS[1], "weight": weights[1]}],
-    })
+    return ServiceConfig.model_validate(
+        {
+            **trace.service("dsr").model_dump(),
+            "endpoints": [
+                {"address": RS_IPS[0], "weight": weights[0]},
+                {"address": RS_IPS[1], "weight": weights[1]},
+            ],
+        }
+    )
 
 
 def test_dsr_down_endpoint_moves_only_its_slots_and_flows(bed: Testbed, echo: EchoServers) -> None:
@@ -241,8 +258,9 @@ def test_dsr_down_endpoint_moves_only_its_slots_and_flows(bed: Testbed, echo: Ec
         # Exactly rs2's slots changed, and the transaction touched those slots only.
         assert changed == [i for i, v in enumerate(before) if v == MACS["rs2"]]
         assert program.count("delete element") >= 1
-        assert sum(line.count(":") // 6 for line in program.splitlines()
-                   if line.startswith("add element")) == len(changed)
+        assert sum(
+            line.count(":") // 6 for line in program.splitlines() if line.startswith("add element")
+        ) == len(changed)
         assert apply.slot_counts(svc, bed.ns("lb")) == {MACS["rs1"]: nft.TABLE_SIZE}
         # Flows on rs1 keep their server; rs2's flows were unpinned and rs2 gets nothing new.
         for sock, host in conns:

@@ -5,19 +5,23 @@ proxying; `bascule check` refusing what `run` would refuse; UDP conntrack flushe
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bascule.packet import apply, trace, transparent
+from bascule.config.loader import load_config
+from bascule.packet import apply, testbed, trace, transparent
 from bascule.packet.manager import ServiceManager, health_key
-from bascule.packet.testbed import CLIENT_IP, RS_IPS, VIP, Testbed, netns_socket
+from bascule.packet.testbed import CLIENT_IP, MACS, RS_IPS, VIP, Testbed, netns_socket
 
 pytestmark = pytest.mark.netns
 
@@ -96,6 +100,27 @@ def _hosts(bed: Testbed, port: int, count: int) -> list[str]:
     return answers
 
 
+def _services(lb: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bascule", "services", "--netns", lb, "--json"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    shown: dict[str, Any] = json.loads(done.stdout)
+    return shown
+
+
+def _wait_for_slots(lb: str, wanted: dict[str, set[str]], config: Path) -> None:
+    """Until the kernel's slot maps hold only these values (the reconcile follows the log)."""
+    services = {s.name: s for s in load_config(str(config)).services}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        held = {name: set(apply.slot_counts(services[name], lb)) for name in wanted}
+        if held == wanted:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"slots hold {held}, not {wanted}")
+
+
 def test_run_programs_services_follows_health_and_cleans_up(
     bed: Testbed, tmp_path: Path, bascules: list[Bascule]
 ) -> None:
@@ -126,12 +151,23 @@ def test_run_programs_services_follows_health_and_cleans_up(
         servers[("rs2", 8080)].close()
         second.wait_for("web-nat: 198.18.0.12 is down")
         second.wait_for("web-dsr: 198.18.0.12 is down")
-        time.sleep(0.3)  # the reconcile transaction follows the log line
+        _wait_for_slots(lb, {"web-nat": {RS_IPS[0]}, "web-dsr": {MACS["rs1"]}}, config)
         for port in (80, 8080):
             assert set(_hosts(bed, port, 12)) == {"rs1"}, port
-        # SIGTERM: a clean exit removes every table.
+        # `bascule services` shows what is programmed and each endpoint's health.
+        shown = _services(lb)
+        health = {(e["service"], e["address"]): (e["up"], e["slots"]) for e in shown["endpoints"]}
+        assert health == {
+            ("web-nat", RS_IPS[0]): (True, 65537),
+            ("web-nat", RS_IPS[1]): (False, 0),
+            ("web-dsr", RS_IPS[0]): (True, 65537),
+            ("web-dsr", RS_IPS[1]): (False, 0),
+        }
+        assert {t["table"] for t in shown["tables"]} == {"inet bascule", "netdev bascule_eth0"}
+        # SIGTERM: a clean exit removes every table and the status file.
         assert second.stop() == 0, second.log.read_text()
         assert apply.bascule_tables(lb) == set()
+        assert _services(lb) == {"tables": [], "endpoints": None}
     finally:
         for server in servers.values():
             server.close()
@@ -176,6 +212,93 @@ def test_transparent_proxy_server_sees_the_client(bed: Testbed) -> None:
     rules = subprocess.run(["ip", "-n", bed.ns("lb"), "rule"], capture_output=True, text=True,
                            check=True).stdout  # fmt: skip
     assert f"{transparent.MARK:#x}" not in rules
+
+
+class KeepAliveServers:
+    """HTTP/1.1 keep-alive servers on port 80 of rs1 and rs2: each response body says which
+    server answered and the peer address of the connection (`rs1 saw 198.19.0.2:40000`)."""
+
+    def __init__(self, bed: Testbed, lifetime: float = 30.0) -> None:
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + lifetime
+        self._socks = []
+        for host in bed.rs_hosts:
+            sock = netns_socket(bed.ns(host), socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("0.0.0.0", 80))
+            sock.listen(64)
+            sock.settimeout(0.1)
+            self._socks.append(sock)
+            threading.Thread(target=self._accept, args=(host, sock), daemon=True).start()
+
+    def _running(self) -> bool:
+        return not self._stop.is_set() and time.monotonic() < self._deadline
+
+    def _accept(self, host: str, sock: socket.socket) -> None:
+        while self._running():
+            try:
+                conn, peer = sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._serve, args=(host, conn, peer), daemon=True).start()
+
+    def _serve(self, host: str, conn: socket.socket, peer: tuple[str, int]) -> None:
+        conn.settimeout(0.2)
+        data = b""
+        with conn:
+            while self._running():
+                try:
+                    chunk = conn.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                data += chunk
+                while b"\r\n\r\n" in data:
+                    _, _, data = data.partition(b"\r\n\r\n")
+                    body = f"{host} saw {peer[0]}:{peer[1]}\n".encode()
+                    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n"
+                    conn.sendall(head.encode() + body)
+
+    def close(self) -> None:
+        self._stop.set()
+        for sock in self._socks:
+            sock.close()
+
+
+def _get_from(bed: Testbed, source: str) -> str:
+    """One HTTP/1.1 request to the VIP from `source` (an address of the client host)."""
+    sock = netns_socket(bed.ns("client"), socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(3)
+        sock.bind((source, 0))
+        sock.connect((VIP, 80))
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {VIP}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data.partition(b"\r\n\r\n")[2].decode()
+
+
+def test_transparent_connections_serve_only_their_own_client(bed: Testbed) -> None:
+    # Two clients; keep-alive servers, so a pooled connection would be reused if bascule let it.
+    other = "198.19.0.2"
+    testbed.ip_batch(bed.ns("client"), [f"addr add {other}/24 dev eth0"])
+    servers = KeepAliveServers(bed)
+    try:
+        with trace.proxy(bed, transparent=True):
+            # Round robin over rs1, rs2: A, A, B, B puts B's first request on rs1 right after
+            # A's connection to rs1 went idle; it must not be reused for B.
+            answers = [
+                (source, _get_from(bed, source)) for source in (CLIENT_IP, CLIENT_IP, other, other)
+            ]
+    finally:
+        servers.close()
+    assert {a.split()[0] for _, a in answers} == {"rs1", "rs2"}, answers
+    for source, answer in answers:
+        assert f" saw {source}:" in answer, answers
 
 
 def test_nat_udp_flushes_conntrack_of_a_removed_endpoint(bed: Testbed) -> None:

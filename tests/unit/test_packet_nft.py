@@ -21,8 +21,13 @@ LB_MAC = "02:00:c6:12:00:0a"
 
 def svc(**over: Any) -> ServiceConfig:
     data: dict[str, Any] = {
-        "name": "web-dsr", "vip": "198.18.0.100", "port": 80, "protocol": "tcp", "mode": "dsr",
-        "interface": "eth0", "balancer": "maglev",
+        "name": "web-dsr",
+        "vip": "198.18.0.100",
+        "port": 80,
+        "protocol": "tcp",
+        "mode": "dsr",
+        "interface": "eth0",
+        "balancer": "maglev",
         "endpoints": [{"address": "198.18.0.11"}, {"address": "198.18.0.12", "mac": RS2}],
         "health": {"tcp": {"port": 80}, "interval": "1s"},
     }
@@ -32,8 +37,10 @@ def svc(**over: Any) -> ServiceConfig:
 
 def state(service: ServiceConfig, up: dict[str, bool] | None = None) -> nft.ServiceState:
     if service.mode == "dsr":
-        values = {e.address: m for e, m in zip(service.endpoints, (RS1, RS2, "02:00:00:00:00:13"),
-                                                strict=False)}
+        values = {
+            e.address: m
+            for e, m in zip(service.endpoints, (RS1, RS2, "02:00:00:00:00:13"), strict=False)
+        }
     else:
         values = {e.address: e.address for e in service.endpoints}
     slots = nft.compute_slots(service, up or {}, values)
@@ -109,9 +116,15 @@ def test_maglev_slots_follow_weights_and_one_failure_moves_about_one_nth() -> No
 
 
 def test_round_robin_slots_are_smooth_weighted() -> None:
-    s = svc(mode="nat", balancer="round_robin", endpoints=[
-        {"address": "198.18.0.11", "weight": 5}, {"address": "198.18.0.12", "weight": 1},
-        {"address": "198.18.0.13", "weight": 1}])
+    s = svc(
+        mode="nat",
+        balancer="round_robin",
+        endpoints=[
+            {"address": "198.18.0.11", "weight": 5},
+            {"address": "198.18.0.12", "weight": 1},
+            {"address": "198.18.0.13", "weight": 1},
+        ],
+    )
     first = [a[-2:] for a in state(s).slots[:7]]
     assert first == ["11", "11", "12", "11", "13", "11", "11"]  # nginx's a,a,b,a,c,a,a
 
@@ -127,8 +140,11 @@ def test_no_endpoint_up_means_no_slots() -> None:
 def test_dsr_program_rewrites_both_macs_pins_flows_and_hashes_fragments_on_addresses() -> None:
     text = nft.replace_program([state(svc())])
     lines = text.splitlines()
-    assert lines[:3] == ["add table netdev bascule_eth0", "delete table netdev bascule_eth0",
-                         "table netdev bascule_eth0 {"]
+    assert lines[:3] == [
+        "add table netdev bascule_eth0",
+        "delete table netdev bascule_eth0",
+        "table netdev bascule_eth0 {",
+    ]
     assert 'type filter hook ingress device "eth0" priority -300; policy accept;' in text
     seed = f"seed {nft.HASH_SEED:#x}"
     rules = [line.strip() for line in lines if line.startswith("\t\tip ")]
@@ -138,8 +154,10 @@ def test_dsr_program_rewrites_both_macs_pins_flows_and_hashes_fragments_on_addre
         f'ether saddr set {LB_MAC} fwd to "eth0"'
     )
     assert "ether daddr set ip saddr . tcp sport map @flows_web_dsr" in rules[1]
-    assert (f"jhash ip saddr . tcp sport . ip daddr . tcp dport mod 65537 {seed} "
-            "map @slots_web_dsr update @flows_web_dsr") in rules[2]
+    assert (
+        f"jhash ip saddr . tcp sport . ip daddr . tcp dport mod 65537 {seed} "
+        "map @slots_web_dsr update @flows_web_dsr"
+    ) in rules[2]
     assert "update" not in rules[3]  # the fallback when the flow map is full
     assert "flags dynamic,timeout; timeout 60s;" in text
     elements = sum(line.count(" : ") for line in lines if line.startswith("add element"))
@@ -147,14 +165,28 @@ def test_dsr_program_rewrites_both_macs_pins_flows_and_hashes_fragments_on_addre
 
 
 def test_nat_program_uses_dnat_and_numgen() -> None:
-    maglev = nft.replace_program([state(svc(mode="nat", endpoints=[
-        {"address": "198.18.0.11"}, {"address": "198.18.0.12"}]))])
-    assert ("ip daddr 198.18.0.100 tcp dport 80 dnat ip to jhash ip saddr . tcp sport . "
-            "ip daddr . tcp dport mod 65537 seed 0x62736375 map @slots_web_dsr") in maglev
+    maglev = nft.replace_program(
+        [state(svc(mode="nat", endpoints=[{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]))]
+    )
+    assert (
+        "ip daddr 198.18.0.100 tcp dport 80 dnat ip to jhash ip saddr . tcp sport . "
+        "ip daddr . tcp dport mod 65537 seed 0x62736375 map @slots_web_dsr"
+    ) in maglev
     assert "type nat hook prerouting priority dstnat; policy accept;" in maglev
-    rr = nft.replace_program([state(svc(mode="nat", name="rr", protocol="udp", port=53,
-                                        balancer="round_robin", endpoints=[
-                                            {"address": "198.18.0.11"}]))])
+    rr = nft.replace_program(
+        [
+            state(
+                svc(
+                    mode="nat",
+                    name="rr",
+                    protocol="udp",
+                    port=53,
+                    balancer="round_robin",
+                    endpoints=[{"address": "198.18.0.11"}],
+                )
+            )
+        ]
+    )
     assert "udp dport 53 dnat ip to numgen inc mod 65537 map @slots_rr" in rr
     src = nft.replace_program([state(svc(balancer="source_hash"))])
     assert "jhash ip saddr mod 65537" in src
@@ -172,8 +204,12 @@ def test_slot_diff_touches_only_changed_slots() -> None:
     before, after = state(s), state(s, {"198.18.0.12": False})
     text = nft.slot_diff(before, after)
     changed = [i for i in range(nft.TABLE_SIZE) if before.slots[i] != after.slots[i]]
-    deleted = [int(k) for line in text.splitlines() if line.startswith("delete element")
-               for k in line.split("{")[1].rstrip(" }").split(", ")]
+    deleted = [
+        int(k)
+        for line in text.splitlines()
+        if line.startswith("delete element")
+        for k in line.split("{")[1].rstrip(" }").split(", ")
+    ]
     assert deleted == changed
     assert sum(line.count(" : ") for line in text.splitlines()) == len(changed)
     assert nft.slot_diff(before, before) == ""
@@ -185,18 +221,22 @@ def test_slot_diff_touches_only_changed_slots() -> None:
 
 def test_flow_deletes_and_delete_program() -> None:
     assert nft.flow_deletes(svc(), [("198.19.0.1", 40000)]) == (
-        "delete element netdev bascule_eth0 flows_web_dsr { 198.19.0.1 . 40000 }\n")
+        "delete element netdev bascule_eth0 flows_web_dsr { 198.19.0.1 . 40000 }\n"
+    )
     assert nft.delete_program([("inet", "bascule")]) == (
-        "add table inet bascule\ndelete table inet bascule\n")
+        "add table inet bascule\ndelete table inet bascule\n"
+    )
 
 
 def test_realserver_plan() -> None:
     assert realserver.render(realserver.plan("198.18.0.100")) == (
         "ip addr replace 198.18.0.100/32 dev lo\n"
         "sysctl -qw net.ipv4.conf.all.arp_ignore=1\n"
-        "sysctl -qw net.ipv4.conf.all.arp_announce=2\n")
+        "sysctl -qw net.ipv4.conf.all.arp_announce=2\n"
+    )
     assert realserver.plan("2001:db8::1") == [
-        ("ip", "-6", "addr", "replace", "2001:db8::1/128", "dev", "lo")]
+        ("ip", "-6", "addr", "replace", "2001:db8::1/128", "dev", "lo")
+    ]
 
 
 # ------------------------------------------------------------------ nft -c (real syntax check)
@@ -210,16 +250,23 @@ def scratch_netns() -> Iterator[str]:
     name = f"bsc-{secrets.token_hex(3)}-unit"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        subprocess.run(["ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name",
-                        "eth1"], check=True)
+        subprocess.run(
+            ["ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
+            check=True,
+        )
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=True)
 
 
 def _nft_check(ns: str, program: str) -> None:
-    done = subprocess.run(["ip", "netns", "exec", ns, "nft", "-c", "-f", "-"], input=program,
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "-c", "-f", "-"],
+        input=program,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -229,14 +276,27 @@ def test_generated_programs_pass_nft_check(scratch_netns: str) -> None:
         svc(name="dns", protocol="udp", port=53, balancer="source_hash"),
         svc(name="v6", vip="2001:db8::100", endpoints=[{"address": "2001:db8::11", "mac": RS1}]),
         svc(name="nat", mode="nat", port=8080, endpoints=[{"address": "198.18.0.11"}]),
-        svc(name="rr", mode="nat", port=8081, balancer="round_robin",
-            endpoints=[{"address": "198.18.0.11", "weight": 3}]),
-        svc(name="wr", mode="nat", port=8082, balancer="weighted", protocol="udp",
-            endpoints=[{"address": "198.18.0.11"}]),
+        svc(
+            name="rr",
+            mode="nat",
+            port=8081,
+            balancer="round_robin",
+            endpoints=[{"address": "198.18.0.11", "weight": 3}],
+        ),
+        svc(
+            name="wr",
+            mode="nat",
+            port=8082,
+            balancer="weighted",
+            protocol="udp",
+            endpoints=[{"address": "198.18.0.11"}],
+        ),
         svc(name="nat6", mode="nat", vip="2001:db8::100", endpoints=[{"address": "2001:db8::11"}]),
     ]
-    states = [state(s) if s.name != "v6" else
-              nft.ServiceState(s, (RS1,) * nft.TABLE_SIZE, LB_MAC) for s in services]
+    states = [
+        state(s) if s.name != "v6" else nft.ServiceState(s, (RS1,) * nft.TABLE_SIZE, LB_MAC)
+        for s in services
+    ]
     diff = nft.slot_diff(states[0], state(services[0], {"198.18.0.12": False}))
     # The diff is checked against the tables the same input creates first.
     whole = nft.replace_program(states, remove=[("netdev", "bascule_eth9")])

@@ -181,12 +181,43 @@ class StickyConfig(Model):
     path: str = "/"
 
 
+class EndpointDefaults(Model):
+    """What discovered endpoints get (a DNS answer only says addresses)."""
+
+    weight: int = Field(default=1, ge=0, le=1000)
+    max_connections: int = Field(default=0, ge=0)
+    slow_start: Duration = 0.0
+
+
+class DiscoveryConfig(Model):
+    """Where a cluster's endpoints come from besides `endpoints`: a DNS name or a file."""
+
+    dns: str | None = None  # a name to resolve on every interval
+    record: Literal["A", "AAAA", "A+AAAA", "SRV"] = "A+AAAA"  # SRV gives port and weight too
+    port: int | None = Field(default=None, ge=1, le=65535)  # for A/AAAA answers
+    resolver: Address | None = None  # a nameserver to ask; default: the system's
+    file: str | None = None  # a YAML or JSON list of endpoints, re-read when it changes
+    interval: Duration = 30.0
+    endpoint: EndpointDefaults | None = None  # settings for every discovered endpoint
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DiscoveryConfig:
+        if (self.dns is None) == (self.file is None):
+            raise ValueError("give exactly one of dns, file")
+        if self.dns is not None and self.record != "SRV" and self.port is None:
+            raise PathError(("port",), f"{self.record} records carry no port: give port")
+        if self.interval <= 0:
+            raise PathError(("interval",), "the interval must be positive")
+        return self
+
+
 class ClusterConfig(Model):
     name: Name
     balancer: str = "round_robin"  # any name in bascule.upstream.balancers.BALANCERS
     balancer_options: dict[str, int | float | None] = {}
     hash_key: HashKey | None = None  # what keyed balancers hash
-    endpoints: list[EndpointConfig] = Field(min_length=1)
+    endpoints: list[EndpointConfig] = []  # at least one, unless `discovery` finds them
+    discovery: DiscoveryConfig | None = None
     timeouts: ClusterTimeouts = ClusterTimeouts()
     pool: PoolConfig = PoolConfig()
     retries: RetryConfig = RetryConfig()
@@ -237,6 +268,8 @@ class ClusterConfig(Model):
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> ClusterConfig:
+        if not self.endpoints and self.discovery is None:
+            raise PathError(("endpoints",), "a cluster needs at least one endpoint, or discovery")
         seen: set[tuple[str, int]] = set()
         for i, endpoint in enumerate(self.endpoints):
             if endpoint.address in seen:

@@ -55,18 +55,22 @@ _UPSTREAM: Final = 2  # session pause reasons (see session.py)
 _BUFFER: Final = 4
 _CRLF: Final = b"\r\n"
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
-# Response fields bascule re-frames or drops: hop-by-hop ones and Content-Length.
+# From a client outside trusted_proxies, every forwarding field is replaced (Via is kept:
+# it records the path, not the client).
+_DROP_UNTRUSTED: Final = HOP_BY_HOP | (FORWARDING - {b"via"})
+# Response fields bascule re-frames or drops: hop-by-hop ones and Content-Length. Matched on a
+# lower-cased head (llhttp has refused whitespace before the colon and obs-fold already).
 _RESPONSE_FIELDS: Final = re.compile(
-    rb"^(connection|keep-alive|proxy-connection|te|transfer-encoding|upgrade|trailer"
-    rb"|proxy-authenticate|proxy-authorization|content-length)[ \t]*:[ \t]*(.*?)[ \t]*\r\n",
-    re.IGNORECASE | re.MULTILINE,
+    rb"\n(connection|keep-alive|proxy-connection|te|transfer-encoding|upgrade|trailer"
+    rb"|proxy-authenticate|proxy-authorization|content-length):"
 )
 
 
 def _drop_fields(block: bytes, names: frozenset[bytes]) -> bytes:
     """Remove the field lines with these (lower-case) names from a CRLF-separated block."""
     kept = [
-        line for line in block.split(b"\r\n")
+        line
+        for line in block.split(b"\r\n")
         if line and line.split(b":", 1)[0].strip().lower() not in names
     ]
     return b"".join(line + b"\r\n" for line in kept)
@@ -471,76 +475,88 @@ class Exchange:
         """The head bascule sends upstream: hop-by-hop fields out, client identity in."""
         request = self.request
         session = self.session
-        ctx = self.ctx
-        fwd = ctx.forwarded
         route = self.route
         assert route is not None
         target = request.target
         if route.rewrite_prefix is not None:
             path = route.rewrite(request.path)
             target = (path + ("?" + request.query if request.query else "")).encode("latin-1")
-        lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), target)]
-        drop = HOP_BY_HOP | request.conn_tokens if request.conn_tokens else HOP_BY_HOP
         edits = route.request_edits
-        removed = edits.remove
-        trusted = bool(ctx.trusted) and ctx.trusted.contains(session.peer)
+        if session.trusted_peer:
+            lines, identity = self._trusted_fields(edits.remove)
+        else:
+            # The common case: an untrusted client, whose forwarding fields are all dropped,
+            # and an identity block that is the same for every request of the session.
+            drop = _DROP_UNTRUSTED
+            if request.conn_tokens or edits.remove:
+                drop = drop | request.conn_tokens | edits.remove
+            complete = request.complete
+            lines = [
+                b"%s: %s\r\n" % (name, value)
+                for lname, name, value in request.headers
+                if lname not in drop and not (complete and lname == b"expect")
+            ]
+            identity = session.identity(request.host_raw)
+        lines.insert(0, b"%s %s HTTP/1.1\r\n" % (request.method_raw, target))
+        lines.append(identity)
+        if request.framing == CHUNKED:
+            if chunked:
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                lines.append(b"Content-Length: %d\r\n" % body_length)
+        if edits.set or edits.add:
+            lines += [b"%s: %s\r\n" % pair for pair in edits.set]
+            lines += [b"%s: %s\r\n" % pair for pair in edits.add]
+        lines.append(_CRLF)
+        return b"".join(lines)
+
+    def _trusted_fields(self, removed: frozenset[bytes]) -> tuple[list[bytes], bytes]:
+        """Fields from a trusted proxy: its forwarding fields are kept and appended to."""
+        request = self.request
+        session = self.session
+        ctx = self.ctx
+        fwd = ctx.forwarded
+        drop = HOP_BY_HOP | request.conn_tokens | removed
+        lines: list[bytes] = []
         prior_xff: list[bytes] = []
         prior_fwd: list[bytes] = []
         proto = b"http"
         xhost = b""
         for lname, name, value in request.headers:
-            if lname in drop:
+            if lname in drop or (lname == b"expect" and request.complete):
                 continue
-            if lname in FORWARDING:
-                if lname == b"via":
-                    lines.append(b"%s: %s\r\n" % (name, value))
-                elif trusted:
-                    if lname == b"x-forwarded-for":
-                        prior_xff.append(value)
-                    elif lname == b"forwarded":
-                        prior_fwd.append(value)
-                    elif lname == b"x-forwarded-proto":
-                        proto = value
-                    elif lname == b"x-forwarded-host":
-                        xhost = value
-                    else:
-                        lines.append(b"%s: %s\r\n" % (name, value))
-                continue
-            if removed and lname in removed:
-                continue
-            if lname == b"expect" and request.complete:
-                continue  # the whole body is here: nothing to wait for
-            lines.append(b"%s: %s\r\n" % (name, value))
+            if lname == b"x-forwarded-for":
+                prior_xff.append(value)
+            elif lname == b"forwarded":
+                prior_fwd.append(value)
+            elif lname == b"x-forwarded-proto":
+                proto = value
+            elif lname == b"x-forwarded-host":
+                xhost = value
+            else:
+                lines.append(b"%s: %s\r\n" % (name, value))
+        identity: list[bytes] = []
         peer = session.peer.encode()
         if fwd.x_forwarded_for:
             if prior_xff:
-                lines.append(b"X-Forwarded-For: %s, %s\r\n" % (b", ".join(prior_xff), peer))
+                identity.append(b"X-Forwarded-For: %s, %s\r\n" % (b", ".join(prior_xff), peer))
             else:
-                lines.append(b"X-Forwarded-For: %s\r\n" % peer)
+                identity.append(b"X-Forwarded-For: %s\r\n" % peer)
         if fwd.x_forwarded_proto:
-            lines.append(b"X-Forwarded-Proto: %s\r\n" % proto)
+            identity.append(b"X-Forwarded-Proto: %s\r\n" % proto)
         host = request.host_raw
         if fwd.x_forwarded_host and (xhost or host):
-            lines.append(b"X-Forwarded-Host: %s\r\n" % (xhost or host))
+            identity.append(b"X-Forwarded-Host: %s\r\n" % (xhost or host))
         if fwd.forwarded:
             element = forwarded_element(
                 session.peer, ctx.server_name, "http", host.decode("latin-1") if host else None
             )
             if prior_fwd:
                 element = b", ".join(prior_fwd) + b", " + element
-            lines.append(b"Forwarded: %s\r\n" % element)
+            identity.append(b"Forwarded: %s\r\n" % element)
         if fwd.via:
-            lines.append(ctx.via_line)
-        if request.framing == CHUNKED:
-            if chunked:
-                lines.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                lines.append(b"Content-Length: %d\r\n" % body_length)
-        if edits:
-            lines += [b"%s: %s\r\n" % pair for pair in edits.set]
-            lines += [b"%s: %s\r\n" % pair for pair in edits.add]
-        lines.append(_CRLF)
-        return b"".join(lines)
+            identity.append(ctx.via_line)
+        return lines, b"".join(identity)
 
     # ------------------------------------------------------------ response from upstream
 
@@ -556,10 +572,29 @@ class Exchange:
         request = self.request
         line_end = head.find(b"\r\n")
         reason = head[8:line_end]  # b" 200 OK": the status line after its version
-        block = head[line_end + 2 :]
-        found = _RESPONSE_FIELDS.findall(block)
-        if found:
-            block = _RESPONSE_FIELDS.sub(b"", block)
+        # One pass in C over a lower-cased copy finds the fields bascule acts on; the rest
+        # of the head is copied in slices between them.
+        pieces = []
+        prev = line_end + 2
+        length: bytes | None = None
+        chunked = False
+        tokens = b""
+        for m in _RESPONSE_FIELDS.finditer(head.lower(), line_end):
+            start = m.start() + 1
+            stop = head.find(b"\r\n", start) + 2
+            name = m.group(1)
+            if name == b"content-length":
+                length = head[m.end() : stop - 2].strip()
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection":
+                value = head[m.end() : stop - 2].strip().lower()
+                if value not in _PLAIN_CONNECTION:
+                    tokens += b"," + value
+            pieces.append(head[prev:start])
+            prev = stop
+        pieces.append(head[prev:])
+        block = b"".join(pieces)
         if status < 200:
             if status == 101:
                 self.upstream_failed(conn, "endpoint switched protocols unasked")
@@ -570,16 +605,10 @@ class Exchange:
         self.t_header = time.monotonic()
         self.deadline_response = 0.0
         self.status = status
-        length: bytes | None = None
-        chunked = False
-        for name, value in found:
-            lname = name.lower()
-            if lname == b"content-length":
-                length = value
-            elif lname == b"transfer-encoding":
-                chunked = True
-            elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
-                block = _drop_fields(block, connection_tokens([value]) - _PLAIN_CONNECTION)
+        if tokens:
+            named = connection_tokens([tokens]) - _PLAIN_CONNECTION
+            if named:
+                block = _drop_fields(block, named)
         route = self.route
         assert route is not None
         edits = route.response_edits
@@ -600,6 +629,7 @@ class Exchange:
                 self.close_after = True
         else:
             parts.append(b"Content-Length: %s\r\n" % length)
+            conn.body_length = int(length)
         if not request.keep_alive or self.ctx.draining:
             self.close_after = True
         if self.close_after:

@@ -23,9 +23,15 @@ if TYPE_CHECKING:
     from bascule.upstream.pool import Pool
 
 
+class _RelayRaw(Exception):
+    """Raised from a parser callback to stop the parser at the end of a response head."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_done",
+        "_raw_body",
+        "body_length",
         "closed",
         "endpoint",
         "exchange",
@@ -38,6 +44,7 @@ class UpstreamConnection(asyncio.Protocol):
         "loop",
         "parser",
         "pool",
+        "raw_left",
         "status",
         "transport",
     )
@@ -60,6 +67,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.in_head = True
         self.head_buf = b""
         self._done = False  # the current exchange's response is finished
+        # A Content-Length body that runs past the read holding its head is relayed without
+        # the parser: no per-read callback, no copy of each read (see on_headers_complete).
+        self.body_length = 0  # set by the exchange for Content-Length framed responses
+        self.raw_left = 0
+        self._raw_body: bytes | None = None
 
     # -- pool interface
 
@@ -79,6 +91,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._done = False
         self.in_head = True
         self.head_buf = b""
+        self.body_length = 0
+        self.raw_left = 0
         self.last_read = self.loop.time()
 
     def detach(self) -> None:
@@ -98,11 +112,20 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.discard(self)
             return
         self.last_read = self.loop.time()
+        if self.raw_left:
+            self._relay_body(data)
+            return
         if self.in_head:
             self.head_buf += data
         try:
             self.parser.feed_data(data)
         except HttpParserError as e:
+            if self._raw_body is not None:
+                # not an error: on_headers_complete stopped the parser to relay the body raw
+                body, self._raw_body = self._raw_body, None
+                self.parser = HttpResponseParser(self)
+                self._relay_body(body)
+                return
             self.keep_alive = False
             self.close()
             if self.exchange is not None:
@@ -110,6 +133,26 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.exchange is not None:
             self.exchange.flush()
+
+    def _relay_body(self, data: bytes) -> None:
+        exchange = self.exchange
+        assert exchange is not None
+        left = self.raw_left
+        n = len(data)
+        if n < left:
+            self.raw_left = left - n
+            if n:
+                exchange.on_response_body(data)
+            exchange.flush()
+            return
+        if n > left:
+            data = data[:left]
+            self.keep_alive = False  # bytes past the body: this backend is out of step
+        self.raw_left = 0
+        self._done = True
+        if data:
+            exchange.on_response_body(data)
+        exchange.on_response_complete(self)
 
     def eof_received(self) -> bool | None:
         self.keep_alive = False
@@ -159,12 +202,20 @@ class UpstreamConnection(asyncio.Protocol):
             self.in_head = False
             self.head_buf = b""
         exchange.on_response_head(self, status, head)
-        if status >= 200 and self.head_only and self.exchange is exchange and not self._done:
+        if status < 200 or self.exchange is not exchange or self._done:
+            return
+        if self.head_only:
             # The parser would wait for the body a HEAD response never has: end it here and
             # give the next exchange a fresh parser.
             self._done = True
             self.parser = HttpResponseParser(self)
             exchange.on_response_complete(self)
+        elif self.body_length > len(buf) - end - 2:
+            # The body runs past this read: stop the parser (it is replaced) and relay the
+            # rest by counting bytes.
+            self.raw_left = self.body_length
+            self._raw_body = buf[end + 2 :]
+            raise _RelayRaw
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange

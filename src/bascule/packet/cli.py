@@ -141,8 +141,11 @@ def _services(args: argparse.Namespace) -> int:
             summary.append({"table": f"{family} {name}", "rules": len(rules), "maps": maps})
     except apply.PacketError as exc:
         return _fail(str(exc))
+    from bascule.packet.runtime import read_status
+
+    endpoints = read_status(args.netns)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps({"tables": summary, "endpoints": endpoints}, indent=2))
         return 0
     if not summary:
         print("no bascule tables are programmed")
@@ -154,4 +157,14 @@ def _services(args: argparse.Namespace) -> int:
             for value, count in sorted(counts.items()):
                 share = f" ({100 * count / total:.1f}%)" if map_name.startswith("slots_") else ""
                 print(f"    {value}: {count}{share}")
+    if endpoints is None:
+        print("no running bascule reports endpoint health here")
+        return 0
+    print("endpoints (from the running bascule):")
+    for e in endpoints:
+        value = f" ({e['value']})" if e["value"] != e["address"] else ""
+        print(
+            f"  {e['service']} {e['address']}{value}: {'up' if e['up'] else 'DOWN'}, "
+            f"weight {e['weight']}, {e['slots']} slots"
+        )
     return 0

@@ -13,37 +13,76 @@ Rules of this module:
   merged with a stale program.
 - nft and conntrack are subprocesses that block: they run in a thread (`asyncio.to_thread`),
   one at a time (a lock), so the event loop never stalls on them.
+- The endpoints' health and slots are written to `status_path()` (one JSON file per network
+  namespace) at start and after every reconcile, for `bascule services`; removed on exit.
 - Health: each service with `health:` has every endpoint probed with a TCP connect
-  (`services[].health.tcp.port`, interval, timeout, rise, fall), from this host. A change of
-  state reconciles the kernel (`ServiceManager.reconcile`, only the changed slots). Endpoints
-  start up, as the first program says. Services without `health:` are never probed.
+  (`services[].health.tcp.port`, interval, timeout, rise, fall), from this host, by the
+  clusters' `ActiveChecker` (upstream/health.py). A flip reconciles the kernel
+  (`ServiceManager.reconcile`: only the changed slots, one transaction at a time, flips that
+  arrive meanwhile folded into the next). Endpoints start up, as the first program says.
+  Services without `health:` are never probed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
 
 from bascule.config.schema import Config
 from bascule.config.services import ServiceConfig
 from bascule.packet import apply, transparent
 from bascule.packet.manager import ServiceManager, health_key
+from bascule.upstream.health import ActiveChecker, CheckTarget
 
 Printer = Callable[[str], None]
+STATUS_DIR = Path("/run/bascule/services")
 
 
-async def tcp_ok(address: str, port: int, within: float) -> bool:
-    """One TCP health probe: does `address:port` accept a connection within `within` seconds?"""
+def status_path(netns: str | None = None) -> Path:
+    """Where a running bascule leaves its services' status for `bascule services`.
+
+    One file per network namespace, named by the namespace's inode (the same whether seen as
+    /proc/self/ns/net inside or /run/netns/NAME outside), so LBs in several namespaces of one
+    host (the testbed, the scale-out test) never share one.
+    """
+    ns = Path("/proc/self/ns/net") if netns is None else Path("/run/netns") / netns
+    return STATUS_DIR / f"net-{ns.stat().st_ino}.json"
+
+
+def read_status(netns: str | None = None) -> list[dict[str, object]] | None:
+    """The endpoints' status written by a live bascule in that namespace, or None."""
     try:
-        async with asyncio.timeout(within):
-            _, writer = await asyncio.open_connection(address, port)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
+        data = json.loads(status_path(netns).read_text())
+        os.kill(int(data["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    endpoints: list[dict[str, object]] = data.get("endpoints", [])
+    return endpoints
+
+
+def health_targets(services: Sequence[ServiceConfig]) -> list[CheckTarget]:
+    """A TCP check of every endpoint of every service with `health:`, keyed as the
+    ServiceManager's health is (`service/address`)."""
+    return [
+        CheckTarget(
+            key=health_key(service, endpoint.address),
+            host=endpoint.address,
+            port=service.health_port,
+            kind="tcp",
+            interval=service.health.interval,
+            timeout=service.health.timeout,
+            rise=service.health.rise,
+            fall=service.health.fall,
+        )
+        for service in services
+        if service.health is not None
+        for endpoint in service.endpoints
+    ]
 
 
 class PacketRuntime:
@@ -67,12 +106,14 @@ class PacketRuntime:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._transparent_up = False
+        self.checker: ActiveChecker | None = None
 
     async def start(self) -> None:
         """Program everything; raise apply.PacketError (naming the key and fix) on refusal."""
         async with self._lock:
             if self.services:
                 await asyncio.to_thread(self.manager.start, self.services)
+                self._write_status()
             if self.transparent:
                 await asyncio.to_thread(transparent.setup, self.netns)
                 self._transparent_up = True
@@ -82,21 +123,25 @@ class PacketRuntime:
             self.printer(
                 f"  service  {service.name:<14} {kind} {service.vip}:{service.port} → {ends}"
             )
-            if service.health is not None:
-                for endpoint in service.endpoints:
-                    self._tasks.append(asyncio.create_task(self._probe(service, endpoint.address)))
-        if self._tasks:
+        targets = health_targets(self.services)
+        if targets:
+            self.checker = ActiveChecker(targets, self._on_change)
+            self._tasks.append(asyncio.create_task(self.checker.run()))
             self._tasks.append(asyncio.create_task(self._reconciler()))
         if self.transparent:
             self.printer("  transparent proxying: endpoints see client addresses")
 
     async def stop(self) -> None:
         """Stop probing, remove the tables and the transparent routing. Safe to call twice."""
+        if self.checker is not None:
+            self.checker.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         async with self._lock:
+            with contextlib.suppress(OSError):
+                status_path(self.netns).unlink()
             try:
                 await asyncio.to_thread(self.manager.stop)
             except apply.PacketError as exc:
@@ -108,27 +153,26 @@ class PacketRuntime:
                     self.printer(f"bascule: could not remove transparent routing: {exc}")
                 self._transparent_up = False
 
+    def _write_status(self) -> None:
+        """Each endpoint's health and slots, for `bascule services` (best effort)."""
+        data = {"pid": os.getpid(), "endpoints": [asdict(e) for e in self.manager.status()]}
+        try:
+            path = status_path(self.netns)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(path)
+        except OSError as exc:
+            self.printer(f"bascule: cannot write {STATUS_DIR}: {exc}")
+
     # -------------------------------------------------------------- health
 
-    async def _probe(self, service: ServiceConfig, address: str) -> None:
-        spec = service.health
-        assert spec is not None
-        key = health_key(service, address)
-        up, streak = True, 0
-        while True:
-            ok = await tcp_ok(address, service.health_port, spec.timeout)
-            if ok == up:
-                streak = 0
-            else:
-                streak += 1
-                if streak >= (spec.rise if ok else spec.fall):
-                    up, streak = ok, 0
-                    self.health[key] = up
-                    self.printer(
-                        f"bascule: service {service.name}: {address} is {'up' if up else 'down'}"
-                    )
-                    self._changed.set()
-            await asyncio.sleep(spec.interval)
+    def _on_change(self, key: str, healthy: bool) -> None:
+        self.health[key] = healthy
+        self.printer(
+            f"bascule: service {key.replace('/', ': ', 1)} is {'up' if healthy else 'down'}"
+        )
+        self._changed.set()
 
     async def _reconciler(self) -> None:
         while True:
@@ -136,9 +180,12 @@ class PacketRuntime:
             self._changed.clear()
             async with self._lock:
                 try:
-                    await asyncio.to_thread(
+                    program = await asyncio.to_thread(
                         self.manager.reconcile, self.services, dict(self.health)
                     )
+                    self._write_status()
+                    changed = program.count("\n")
+                    self.printer(f"bascule: services: kernel updated ({changed} nft statements)")
                 except apply.PacketError as exc:
                     self.printer(f"bascule: services: {exc}")
 

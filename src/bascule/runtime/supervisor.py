@@ -7,6 +7,9 @@ Rules of this module:
   started with `python -m bascule.runtime.worker`, given the config snapshot on standard input.
   A worker that dies unasked is restarted, with a pause if it keeps dying.
 - SIGTERM/SIGINT: every worker drains (see worker.py), then the supervisor exits 0.
+- The control plane runs here, in this event loop: active health checks, discovery and the
+  admin API. Their results reach workers through `channel` (stdin lines); workers report
+  their counters back on a pipe of their own, and the admin API sums them.
 """
 
 from __future__ import annotations
@@ -17,9 +20,14 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from typing import Any
 
-from bascule.config.schema import Config, ListenerConfig
+from bascule.config.schema import Config, EndpointConfig, ListenerConfig
+from bascule.control.admin import AdminServer, cluster_view
+from bascule.runtime import channel
 from bascule.runtime.worker import Worker
+from bascule.upstream.discovery import Discovery
+from bascule.upstream.health import ActiveChecker, cluster_targets
 
 Printer = Callable[[str], None]
 
@@ -61,6 +69,13 @@ class Supervisor:
         self.sockets: dict[str, socket.socket] = {}
         self.children: dict[int, asyncio.subprocess.Process] = {}
         self.stop = asyncio.Event()
+        # Control plane (health checks, admin API, discovery): see _start_control.
+        self.worker: Worker | None = None  # the in-process worker, with `workers: 1`
+        self.checker: ActiveChecker | None = None
+        self.admin: AdminServer | None = None
+        self.discovery: Discovery | None = None
+        self.reports: dict[int, dict[str, Any]] = {}  # worker index → its last stats report
+        self._control_tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -69,6 +84,7 @@ class Supervisor:
             loop.add_signal_handler(sig, stop.set)
         for spec in self.config.listeners:
             self.sockets[spec.name] = bind_listener(spec)
+        await self._start_control()
         demo_servers = []
         if self.demo_backends:
             from bascule.demo_backend import start_demo_backend
@@ -88,7 +104,11 @@ class Supervisor:
         count = self.config.worker_count
         if count == 1:
             worker = Worker(self.config, self.sockets)
+            self.worker = worker
             await worker.start()
+            self._send({"health": self._down()})
+            if self.discovery is not None:
+                self._send({"endpoints": self.discovery.current()})
             await stop.wait()
             self.printer("bascule: stopping (draining in-flight requests)")
             await worker.drain()
@@ -104,6 +124,7 @@ class Supervisor:
             server.close()
         for sock in self.sockets.values():
             sock.close()
+        self._stop_control()
         if packet is not None:
             await packet.stop()
         return 0
@@ -111,7 +132,7 @@ class Supervisor:
     async def _keep_worker(self, index: int) -> None:
         pause = 0.1
         while not self.stop.is_set():
-            proc = await self._spawn()
+            proc = await self._spawn(index)
             self.children[index] = proc
             if self.stop.is_set():  # asked to stop while this one was starting
                 proc.send_signal(signal.SIGTERM)
@@ -122,22 +143,124 @@ class Supervisor:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
+    async def _spawn(self, index: int) -> asyncio.subprocess.Process:
         fds = {name: sock.fileno() for name, sock in self.sockets.items()}
         args = [f"{name}={fd}" for name, fd in fds.items()]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bascule.runtime.worker",
-            *args,
-            stdin=asyncio.subprocess.PIPE,
-            pass_fds=tuple(fds.values()),
-            start_new_session=False,
-        )
+        # The worker's reports come back on a pipe of their own (stdout is the access log's).
+        report_r, report_w = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bascule.runtime.worker",
+                *args,
+                f"-report={report_w}",
+                stdin=asyncio.subprocess.PIPE,
+                pass_fds=(*fds.values(), report_w),
+                start_new_session=False,
+            )
+        finally:
+            os.close(report_w)
+        self.reports.pop(index, None)
+        await self._read_reports(index, report_r)
         assert proc.stdin is not None
         proc.stdin.write(self.config.model_dump_json().encode() + b"\n")
+        # What the control plane knows already: a new worker must not route to a dead endpoint.
+        proc.stdin.write(channel.encode({"health": self._down()}))
+        if self.discovery is not None:
+            proc.stdin.write(channel.encode({"endpoints": self.discovery.current()}))
         await proc.stdin.drain()
         return proc
+
+    # ------------------------------------------------------------ control plane
+
+    async def _start_control(self) -> None:
+        """Admin API, active health checks, discovery: all in this process's event loop."""
+        config = self.config
+        if config.admin is not None:
+            host, port = config.admin.address
+            self.admin = AdminServer(host, port, self._admin_view)
+            try:
+                await self.admin.start()
+            except OSError as e:
+                raise StartupError(
+                    f"admin: cannot listen on {host}:{port}: {e.strerror or e}"
+                ) from e
+        if any(c.health_check is not None for c in config.clusters):
+            targets = cluster_targets(config.clusters)
+            self.checker = ActiveChecker(targets, self._health_changed)
+            self._control_tasks.append(asyncio.create_task(self.checker.run()))
+        if any(c.discovery is not None for c in config.clusters):
+            self.discovery = Discovery(config.clusters, self._endpoints_changed)
+            self._control_tasks.append(asyncio.create_task(self.discovery.run()))
+
+    def _stop_control(self) -> None:
+        if self.checker is not None:
+            self.checker.stop()
+        if self.discovery is not None:
+            self.discovery.stop()
+        for task in self._control_tasks:
+            task.cancel()
+        if self.admin is not None:
+            self.admin.close()
+
+    def _down(self) -> dict[str, bool]:
+        if self.checker is None:
+            return {}
+        return {k: False for k, state in self.checker.states.items() if not state.healthy}
+
+    def _health_changed(self, key: str, healthy: bool) -> None:
+        word = "up" if healthy else "down"
+        self.printer(f"bascule: endpoint {key} is {word} (active health check)")
+        self._send({"health": {key: healthy}})
+
+    def _endpoints_changed(self, cluster: str, endpoints: list[dict[str, Any]]) -> None:
+        self._send({"endpoints": {cluster: endpoints}})
+        if self.checker is not None and self.discovery is not None:
+            known = {
+                name: [EndpointConfig.model_validate(e) for e in specs]
+                for name, specs in self.discovery.current().items()
+            }
+            self.checker.set_targets(cluster_targets(self.config.clusters, known))
+
+    def _send(self, message: dict[str, Any]) -> None:
+        """To every worker: applied at once in-process, else one line on each worker's stdin."""
+        if self.worker is not None:
+            channel.apply(message, self.worker.clusters)
+            return
+        line = channel.encode(message)
+        for proc in self.children.values():
+            if proc.returncode is None and proc.stdin is not None:
+                try:
+                    proc.stdin.write(line)
+                except (OSError, RuntimeError):
+                    pass  # that worker is going away; its replacement gets the state at spawn
+
+    async def _read_reports(self, index: int, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        reports = self.reports
+
+        class Reports(asyncio.Protocol):
+            def __init__(self) -> None:
+                self.lines = channel.LineReader()
+
+            def data_received(self, data: bytes) -> None:
+                for message in self.lines.feed(data):
+                    stats = message.get("stats")
+                    if isinstance(stats, dict):
+                        reports[index] = stats
+
+        await loop.connect_read_pipe(Reports, os.fdopen(fd, "rb", buffering=0))
+
+    def _admin_view(self) -> dict[str, Any]:
+        if self.worker is not None:
+            reports = [{name: c.stats() for name, c in self.worker.clusters.items()}]
+        else:
+            reports = list(self.reports.values())
+        checks = {}
+        if self.checker is not None:
+            checks = {k: s.as_json() for k, s in self.checker.states.items()}
+        return cluster_view(self.config.clusters, reports, checks)
 
     def _announce(self) -> None:
         say = self.printer

@@ -8,6 +8,9 @@ Rules of this module:
   cut what is left. Then exit 0.
 - Run as `python -m bascule.runtime.worker FD...` the config snapshot arrives as one JSON line
   on standard input; standard input closing means the supervisor is gone: drain and exit.
+  Later lines on standard input are control messages (health verdicts, endpoint sets: see
+  channel.py), applied to this worker's clusters as they come. With `-report=FD` the worker
+  writes its counters to that pipe every second, for the supervisor's admin API.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from bascule.config.schema import Config
 from bascule.control.access_log import AccessLog
 from bascule.l7.context import ListenerContext
 from bascule.l7.session import HttpSession
+from bascule.runtime import channel
 from bascule.upstream.cluster import Cluster
 
 
@@ -95,7 +99,12 @@ async def serve(config: Config, sockets: dict[str, socket.socket]) -> None:
     await worker.drain()
 
 
-def _watch_stdin(loop: asyncio.AbstractEventLoop, worker_stop: asyncio.Event) -> None:
+def _watch_stdin(
+    loop: asyncio.AbstractEventLoop, worker: Worker, lines: channel.LineReader
+) -> None:
+    assert worker.stopping is not None
+    worker_stop = worker.stopping
+
     def on_readable() -> None:
         try:
             data = os.read(0, 65536)
@@ -104,12 +113,17 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, worker_stop: asyncio.Event) ->
         if not data:
             loop.remove_reader(0)
             worker_stop.set()
+            return
+        for message in lines.feed(data):
+            channel.apply(message, worker.clusters)
 
     os.set_blocking(0, False)
     loop.add_reader(0, on_readable)
 
 
-async def _serve_child(fds: dict[str, int], config: Config) -> None:
+async def _serve_child(
+    fds: dict[str, int], config: Config, rest: bytes = b"", report_fd: int | None = None
+) -> None:
     sockets = {name: socket.socket(fileno=fd) for name, fd in fds.items()}
     loop = asyncio.get_running_loop()
     worker = Worker(config, sockets)
@@ -117,9 +131,43 @@ async def _serve_child(fds: dict[str, int], config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
     assert worker.stopping is not None
-    _watch_stdin(loop, worker.stopping)
+    lines = channel.LineReader()
+    for message in lines.feed(rest):
+        channel.apply(message, worker.clusters)
+    _watch_stdin(loop, worker, lines)
+    reporter = None
+    if report_fd is not None:
+        reporter = loop.create_task(_report(worker, report_fd))
     await worker.wait_stopped()
+    if reporter is not None:
+        reporter.cancel()
     await worker.drain()
+
+
+async def _report(worker: Worker, fd: int) -> None:
+    """Send this worker's counters to the supervisor every REPORT_INTERVAL seconds."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(fd, "wb", buffering=0))
+    try:
+        while not transport.is_closing():
+            # A supervisor that stopped reading must not make this worker buffer without end.
+            if transport.get_write_buffer_size() < 1 << 20:
+                transport.write(channel.stats_report(worker.clusters))
+            await asyncio.sleep(channel.REPORT_INTERVAL)
+    finally:
+        transport.close()
+
+
+def _read_config_line() -> tuple[bytes, bytes]:
+    """The first line of standard input, unbuffered: what follows it stays for the channel."""
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    return line, rest
 
 
 def child_main(argv: list[str]) -> int:
@@ -127,12 +175,16 @@ def child_main(argv: list[str]) -> int:
     import uvloop
 
     fds = {}
+    report_fd = None
     for arg in argv:
         name, _, fd = arg.rpartition("=")
-        fds[name] = int(fd)
-    line = sys.stdin.buffer.readline()
+        if name == "-report":  # listener names cannot start with '-'
+            report_fd = int(fd)
+        else:
+            fds[name] = int(fd)
+    line, rest = _read_config_line()
     config = Config.model_validate(json.loads(line))
-    uvloop.run(_serve_child(fds, config))
+    uvloop.run(_serve_child(fds, config, rest, report_fd))
     return 0
 
 

@@ -16,6 +16,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections import deque
@@ -129,7 +130,9 @@ class Cluster:
             outlier.record(endpoint, ok)
         self.active -= 1
         if self.waiting:
-            self.wake_one()
+            # Soon, not now: the releasing exchange has yet to return its connection to the
+            # pool, and the waiter should reuse it rather than open another.
+            asyncio.get_running_loop().call_soon(self.wake_one)
 
     def wake_one(self) -> None:
         """Give a freed slot to the oldest waiter still there."""
