@@ -66,7 +66,7 @@ class HttpSession(asyncio.Protocol):
         "_identity",
         "_identity_host",
         "_in_head",
-        "_lingering",
+        "_linger",
         "_parsing",
         "_paused",
         "_timer",
@@ -106,7 +106,7 @@ class HttpSession(asyncio.Protocol):
         self._in_head = True
         self._paused = 0
         self._closing = False
-        self._lingering = False
+        self._linger: asyncio.TimerHandle | None = None
         self._error: ProtocolError | None = None
         self._broken: ProtocolError | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -176,6 +176,9 @@ class HttpSession(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         exchange = self.exchange
         if exchange is not None:
             self.exchange = None
@@ -393,7 +396,13 @@ class HttpSession(asyncio.Protocol):
         if self._closing:
             return
         if close or not exchange.request.keep_alive or self.ctx.draining:
-            self.close_gracefully()
+            if self._parsing is None and not self.pending and not self._paused:
+                # Everything the client sent has been read and answered: a plain close
+                # cannot reset the response, so no lingering is needed.
+                self._closing = True
+                self.transport.close()
+            else:
+                self.close_gracefully()
             return
         if self._broken is not None:
             err, self._broken = self._broken, None
@@ -474,7 +483,6 @@ class HttpSession(asyncio.Protocol):
         if self._closing:
             return
         self._closing = True
-        self._lingering = True
         transport = self.transport
         if self._paused:
             self._paused = 0
@@ -485,7 +493,7 @@ class HttpSession(asyncio.Protocol):
             except OSError:
                 transport.abort()
                 return
-            self.loop.call_later(LINGER_SECONDS, transport.close)
+            self._linger = self.loop.call_later(LINGER_SECONDS, transport.close)
         else:
             transport.close()
 

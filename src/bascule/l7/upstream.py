@@ -180,13 +180,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks
 
-    def on_message_begin(self) -> None:
-        if self.exchange is None or self._done:
-            self.keep_alive = False
-
     def on_headers_complete(self) -> None:
         exchange = self.exchange
         if exchange is None or self._done:
+            self.keep_alive = False  # a response nobody asked for: never reuse this connection
             return
         parser = self.parser
         self.status = status = parser.get_status_code()
