@@ -20,7 +20,6 @@ from bascule.codec.headers import (
 )
 from bascule.codec.http1 import (
     ProtocolError,
-    encode_chunk,
     parse_content_length,
     parse_transfer_encoding,
     response_has_body,
@@ -89,14 +88,6 @@ def test_transfer_encoding_ending_in_chunked_is_never_a_400(codings: list[str]) 
 ])
 def test_response_has_body(method: str, status: int, body: bool) -> None:
     assert response_has_body(method, status) is body
-
-
-@given(st.binary(max_size=300))
-def test_chunk_encoding_round_trips(data: bytes) -> None:
-    encoded = encode_chunk(data)
-    size, _, rest = encoded.partition(b"\r\n")
-    assert int(size, 16) == len(data)
-    assert rest == data + b"\r\n"
 
 
 def test_simple_response_framing() -> None:

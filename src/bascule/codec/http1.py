@@ -26,18 +26,8 @@ class ProtocolError(Exception):
 NO_BODY: Final = 0
 LENGTH: Final = 1
 CHUNKED: Final = 2
-UNTIL_CLOSE: Final = 3  # responses only
 
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-_TOKEN_CHARS: Final = frozenset(
-    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
-
-
-def is_token(name: bytes) -> bool:
-    return bool(name) and all(c in _TOKEN_CHARS for c in name)
-
 
 def parse_content_length(values: list[bytes]) -> int:
     """One Content-Length, all digits. Repeats, lists and signs are smuggling shapes: 400."""
@@ -75,10 +65,6 @@ def reason_phrase(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode()
     except ValueError:
         return b"Unknown"
-
-
-def encode_chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 LAST_CHUNK: Final = b"0\r\n\r\n"
