@@ -88,9 +88,9 @@ def test_failing_endpoint_out_within_fall_and_back_within_rise(
             state2["status"] = 503
             flipped = time.monotonic()
             out = last_hit_after(client, port, "b2", flipped, want=False)
-            # The 2nd failed check lands at most FALL x INTERVAL after the flip; allow 0.25 s
-            # for the verdict to reach the workers and the requests in flight.
-            assert out <= FALL * INTERVAL + 0.25, out
+            # The 2nd failed check lands at most FALL x INTERVAL after the flip; allow 0.4 s
+            # for the verdict to reach the workers, requests in flight, and a busy machine.
+            assert out <= FALL * INTERVAL + 0.4, out
             assert set(backends_seen(client, port, 10)) == {"b1"}
             view = admin_clusters(admin)["c"]["endpoints"]
             assert view[b2.address]["state"] == "unhealthy"
@@ -100,7 +100,7 @@ def test_failing_endpoint_out_within_fall_and_back_within_rise(
             state2["status"] = 200
             fixed = time.monotonic()
             back = last_hit_after(client, port, "b2", fixed, want=True)
-            assert back <= RISE * INTERVAL + 0.25, back
+            assert back <= RISE * INTERVAL + 0.4, back
             time.sleep(0.1)
             assert set(backends_seen(client, port, 8)) == {"b1", "b2"}
     finally:

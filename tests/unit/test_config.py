@@ -791,7 +791,19 @@ def test_any_text_gives_a_config_or_a_config_error(text: str, fmt: str) -> None:
 
 # ---------------------------------------------------------------- the reference doc
 
-REFERENCE = Path(__file__).parents[2] / "docs" / "config-reference.md"
+README = Path(__file__).parents[2] / "README.md"
+
+
+class _Reference:
+    """The README's config reference: its last section, from `## Config reference` on."""
+
+    @staticmethod
+    def read_text() -> str:
+        text = README.read_text()
+        return text[text.index("\n## Config reference\n") :]
+
+
+REFERENCE = _Reference()
 
 
 def _models(model: type[BaseModel], seen: set[type[BaseModel]]) -> None:

@@ -150,13 +150,13 @@ async def test_down_within_fall_times_interval_and_back_within_rise() -> None:
         down = changes[0][2] - failed_at
         # Three failed probes, 0.1 s apart: the third one lands 0.2-0.3 s after the flip.
         assert changes[0][:2] == ("c/x", False)
-        assert 0.15 < down <= 3 * 0.1 + 0.1, down
+        assert 0.15 < down <= 3 * 0.1 + 0.2, down  # + slack for a busy machine
         server.status = 200
         fixed_at = time.monotonic()
         await until(lambda: len(changes) >= 2)
         up = changes[1][2] - fixed_at
         assert changes[1][:2] == ("c/x", True)
-        assert 0.05 < up <= 2 * 0.1 + 0.1, up
+        assert 0.05 < up <= 2 * 0.1 + 0.2, up
         state = checker.states["c/x"].as_json()
         assert state["healthy"] and state["ok"] and state["detail"] == "status 200"
     finally:

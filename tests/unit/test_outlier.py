@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from bascule.config.schema import OutlierConfig
 from bascule.upstream.endpoint import Endpoint
 from bascule.upstream.outlier import OutlierDetector
@@ -56,7 +58,7 @@ def test_ejection_time_grows_then_is_forgiven() -> None:
                 await asyncio.sleep(0.005)
             assert e.healthy and e.consecutive_failures == 0
         # 0.1, 0.2, then capped at 0.25
-        assert [round(x, 2) for x in durations] == [0.1, 0.2, 0.25]
+        assert durations == pytest.approx([0.1, 0.2, 0.25], abs=0.02)
         # After base time x level in service, the level is forgiven one step per base time.
         e.ejected_until = time.monotonic() - 0.25
         d.record(e, False)

@@ -29,6 +29,7 @@ CHUNKED: Final = 2
 
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
+
 def parse_content_length(values: list[bytes]) -> int:
     """One Content-Length, all digits. Repeats, lists and signs are smuggling shapes: 400."""
     if len(values) != 1:

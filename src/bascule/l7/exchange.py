@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -64,6 +65,22 @@ _RESPONSE_FIELDS: Final = re.compile(
     rb"\n(connection|keep-alive|proxy-connection|te|transfer-encoding|upgrade|trailer"
     rb"|proxy-authenticate|proxy-authorization|content-length):"
 )
+
+
+def _transparent_socket(client: str) -> socket.socket:
+    """A socket bound to the client's address, which is not ours: IP_TRANSPARENT allows it."""
+    v6 = ":" in client
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
+    try:
+        # IPV6_TRANSPARENT (75) is missing from Python's socket module.
+        level = socket.IPPROTO_IPV6 if v6 else socket.SOL_IP
+        sock.setsockopt(level, 75 if v6 else socket.IP_TRANSPARENT, 1)
+        sock.setblocking(False)
+        sock.bind((client, 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _drop_fields(block: bytes, names: frozenset[bytes]) -> bytes:
@@ -345,21 +362,10 @@ class Exchange:
         try:
             async with asyncio.timeout(cluster.spec.timeouts.connect):
                 if cluster.spec.source_address == "client":
-                    # Transparent proxying (packet/transparent.py): connect from the client's own
-                    # address. IP_TRANSPARENT lets a socket bind an address that is not ours;
-                    # bascule's marks and policy routing hand the endpoint's replies to it. A
-                    # connection made for one client must never carry another's requests, so
-                    # a transparent cluster pools nothing: max_idle 0 makes every release close.
-                    import socket
-
-                    pool.max_idle = 0
-                    v6 = ":" in self.session.peer
-                    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
-                    # IPV6_TRANSPARENT (75) is missing from Python's socket module.
-                    level = socket.IPPROTO_IPV6 if v6 else socket.SOL_IP
-                    sock.setsockopt(level, 75 if v6 else socket.IP_TRANSPARENT, 1)
-                    sock.setblocking(False)
-                    sock.bind((self.session.peer, 0))
+                    # Transparent proxying (packet/transparent.py): connect from the client's
+                    # own address; bascule's marks and policy routing hand the endpoint's
+                    # replies to this socket. Such clusters pool nothing (see Cluster).
+                    sock = _transparent_socket(self.session.peer)
                     await loop.sock_connect(sock, (endpoint.host, endpoint.port))
                     _, conn = await loop.create_connection(
                         lambda: UpstreamConnection(pool, endpoint, loop), sock=sock
@@ -717,17 +723,14 @@ class Exchange:
         if conn is not self.conn or self.finished:
             return
         if self.response_started and self.until_close:
-            self.on_response_complete_close(conn)
+            conn.keep_alive = False  # the close was the end of the body
+            self.on_response_complete(conn)
             return
         if self.response_started:
             self.error = "endpoint closed the connection mid-response"
             self._abort()
             return
         self.upstream_error(502, "endpoint closed the connection before responding", True)
-
-    def on_response_complete_close(self, conn: UpstreamConnection) -> None:
-        conn.keep_alive = False
-        self.on_response_complete(conn)
 
     def upstream_failed(self, conn: UpstreamConnection, reason: str) -> None:
         """The endpoint sent something that is not HTTP: 502, no retry."""

@@ -46,6 +46,8 @@ class Waiter(Protocol):
 
 class Cluster:
     __slots__ = (
+        "_sticky_endpoints",
+        "_sticky_values",
         "active",
         "balancer",
         "by_address",
@@ -76,9 +78,7 @@ class Cluster:
         self.balancer: Balancer = make_balancer(
             spec.balancer, self.endpoints, **spec.balancer_options
         )
-        self.pools: dict[Endpoint, Pool] = {
-            e: Pool(spec.pool.max_idle, spec.pool.idle_timeout) for e in self.endpoints
-        }
+        self.pools: dict[Endpoint, Pool] = {e: self._new_pool() for e in self.endpoints}
         self.keyed = spec.balancer in KEYED
         self.hash_kind = 0
         self.hash_name = b""
@@ -99,6 +99,7 @@ class Cluster:
             spec.sticky.secret if spec.sticky and spec.sticky.secret else "bascule:" + spec.name
         )
         self.sticky_key = secret.encode()
+        self._sign_endpoints()
         limits = spec.limits
         self.max_requests = limits.max_requests
         self.max_pending = limits.max_pending
@@ -117,6 +118,12 @@ class Cluster:
             or self.max_pending
             or self.outlier is not None
         )
+
+    def _new_pool(self) -> Pool:
+        # A transparent connection leaves from one client's address: it must never carry
+        # another client's request, so such clusters keep no idle connections.
+        transparent = self.spec.source_address == "client"
+        return Pool(0 if transparent else self.spec.pool.max_idle, self.spec.pool.idle_timeout)
 
     def pick(self, key: bytes | None = None, accept: Accept | None = None) -> Endpoint | None:
         return self.balancer.pick(key, accept)
@@ -159,19 +166,29 @@ class Cluster:
 
     def sticky_value(self, endpoint: Endpoint) -> bytes:
         """The cookie value naming `endpoint`: its address and an HMAC of it."""
-        address = endpoint.address.encode()
-        mac = hmac.new(self.sticky_key, address, hashlib.sha256).hexdigest()[:20].encode()
-        return address + b"~" + mac
+        value = self._sticky_values.get(endpoint)
+        if value is None:
+            address = endpoint.address.encode()
+            mac = hmac.new(self.sticky_key, address, hashlib.sha256).hexdigest()[:20].encode()
+            value = address + b"~" + mac
+            self._sticky_values[endpoint] = value
+            self._sticky_endpoints[value] = endpoint
+        return value
 
     def sticky_endpoint(self, value: bytes) -> Endpoint | None:
-        """The endpoint a cookie value names, if the signature holds and it is still here."""
-        address, _, mac = value.rpartition(b"~")
-        if not address:
-            return None
-        good = hmac.new(self.sticky_key, address, hashlib.sha256).hexdigest()[:20].encode()
-        if not hmac.compare_digest(mac, good):
-            return None
-        return self.by_address.get(address.decode("latin-1"))
+        """The endpoint a cookie value names, if the signature holds and it is still here.
+
+        Every valid value is one of the few `sticky_value` made, so it is a dict lookup; a
+        value that is not there (forged, or for an endpoint that left) names nothing.
+        """
+        return self._sticky_endpoints.get(value)
+
+    def _sign_endpoints(self) -> None:
+        self._sticky_values: dict[Endpoint, bytes] = {}
+        self._sticky_endpoints: dict[bytes, Endpoint] = {}
+        if self.sticky is not None:
+            for endpoint in self.endpoints:
+                self.sticky_value(endpoint)
 
     # ------------------------------------------------------------ control plane input
 
@@ -209,12 +226,13 @@ class Cluster:
                     self.outlier.forget(old)
         for endpoint in endpoints:
             if endpoint not in self.pools:
-                self.pools[endpoint] = Pool(self.spec.pool.max_idle, self.spec.pool.idle_timeout)
+                self.pools[endpoint] = self._new_pool()
         # Pools of retired endpoints stay until their exchanges are done, then go.
         for old in [e for e in self.pools if e not in kept and e.active == 0]:
             del self.pools[old]
         self.endpoints = tuple(endpoints)
         self.by_address = {e.address: e for e in self.endpoints}
+        self._sign_endpoints()
         if self.outlier is not None and self.spec.outlier_detection is not None:
             self.outlier.resize(len(endpoints), self.spec.outlier_detection.max_ejection_percent)
         self.balancer = make_balancer(
