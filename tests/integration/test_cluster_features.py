@@ -229,3 +229,37 @@ def test_queue_timeout_and_full_queue_give_503(tmp_path: Path) -> None:
             assert view["queue_timeouts"] == 2 and view["rejected"] == 2 and view["queued"] == 2
     finally:
         b.stop()
+
+
+def test_max_connections_caps_the_cluster_and_overflows_to_503(tmp_path: Path) -> None:
+    a, b = slow_backend("a", 1.0), slow_backend("b", 1.0)
+    port = free_port()
+    config = proxy_config(port, [a.address, b.address],
+                          cluster={"limits": {"max_connections": 2}})
+    try:
+        with running(config, tmp_path, port):
+            results = parallel(port, 5)
+            codes = sorted(r[0] for r in results)
+            assert codes == [200, 200, 503, 503, 503]
+            assert all("at max_connections" in body for code, *_, body in results if code == 503)
+            # with every connection idle again, requests flow over the same two
+            for _ in range(4):
+                assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
+        assert a.accepts + b.accepts == 2
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_max_connections_with_a_queue_reuses_the_connections(tmp_path: Path) -> None:
+    b = slow_backend("slow", 0.3)
+    port = free_port()
+    config = proxy_config(port, [b.address], cluster={
+        "limits": {"max_connections": 1, "max_pending": 10, "queue_timeout": 5}})
+    try:
+        with running(config, tmp_path, port):
+            results = parallel(port, 3)
+            assert [r[0] for r in results] == [200, 200, 200]
+        assert b.accepts == 1
+    finally:
+        b.stop()

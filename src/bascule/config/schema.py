@@ -168,6 +168,7 @@ class ClusterLimits(Model):
     """Circuit breaking: beyond these, a fast 503 (or a wait in the queue)."""
 
     max_requests: int = Field(default=0, ge=0)  # in flight in the cluster, per worker; 0: none
+    max_connections: int = Field(default=0, ge=0)  # open to its endpoints, per worker; 0: none
     max_pending: int = Field(default=0, ge=0)  # requests waiting for an endpoint; 0: no queue
     queue_timeout: Duration = 5.0  # how long a request may wait in that queue
 

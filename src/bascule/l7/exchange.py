@@ -255,6 +255,17 @@ class Exchange:
         if endpoint is None:
             key = self._hash_key(cluster) if cluster.keyed else None
             endpoint = cluster.pick(key, accept)
+        if (
+            endpoint is not None
+            and cluster.max_connections
+            and not cluster.pools[endpoint].idle
+            and not cluster.room_for_connection(endpoint)
+        ):
+            # Every connection the cluster may hold is busy: wait for one, or overflow.
+            if not self._enqueue(cluster):
+                cluster.rejected += 1
+                self.respond_error(503, f"cluster {cluster.name} is at max_connections")
+            return None
         if endpoint is None:
             if cluster.saturated() and self._enqueue(cluster):
                 return None
@@ -357,6 +368,7 @@ class Exchange:
     async def _connect(self, cluster: Cluster, endpoint: Endpoint) -> None:
         pool = cluster.pools[endpoint]
         loop = self.loop
+        pool.open += 1  # counted from the first SYN; the connection takes it over
         sock = None  # transparent proxying's own socket, until a transport owns it
         conn: UpstreamConnection | None = None
         try:
@@ -388,9 +400,14 @@ class Exchange:
                 self.upstream_error(502, f"connect to {endpoint.address}: {reason}", True)
             return
         finally:
-            if sock is not None and conn is None:
-                sock.close()
+            if conn is None:
+                pool.open -= 1
+                if sock is not None:
+                    sock.close()
         pool.created += 1
+        conn.counted = True  # from here the connection gives back its place in `pool.open`
+        if conn.closed:  # lost before it was handed over
+            pool.open -= 1
         if self.finished or self.endpoint is not endpoint:
             pool.release(conn, loop.time())  # a fresh connection is still good for the next
             return

@@ -33,6 +33,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_raw_body",
         "body_length",
         "closed",
+        "counted",
         "endpoint",
         "exchange",
         "head_buf",
@@ -57,6 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.parser = HttpResponseParser(self)
         self.closed = False
+        self.counted = False  # holds one of its pool's `open` (handed over by the connector)
         self.keep_alive = True
         self.idle_since = 0.0
         self.last_read = 0.0
@@ -81,6 +83,8 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self.counted:
+                self.pool.open -= 1
             if self.transport is not None:
                 self.transport.close()
 
@@ -159,7 +163,10 @@ class UpstreamConnection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        if not self.closed:
+            self.closed = True
+            if self.counted:
+                self.pool.open -= 1
         self.keep_alive = False
         exchange = self.exchange
         if exchange is None:

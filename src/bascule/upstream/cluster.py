@@ -56,6 +56,7 @@ class Cluster:
         "hash_kind",
         "hash_name",
         "keyed",
+        "max_connections",
         "max_pending",
         "max_requests",
         "name",
@@ -102,6 +103,7 @@ class Cluster:
         self._sign_endpoints()
         limits = spec.limits
         self.max_requests = limits.max_requests
+        self.max_connections = limits.max_connections
         self.max_pending = limits.max_pending
         self.active = 0
         self.waiting: deque[Waiter] = deque()
@@ -115,6 +117,7 @@ class Cluster:
             self.keyed
             or self.sticky is not None
             or self.max_requests
+            or self.max_connections
             or self.max_pending
             or self.outlier is not None
         )
@@ -147,6 +150,17 @@ class Cluster:
         while waiting:
             if waiting.popleft().wake():
                 return
+
+    def room_for_connection(self, endpoint: Endpoint) -> bool:
+        """Under `limits.max_connections`, or made so by closing an idle connection elsewhere.
+
+        Needed only when `endpoint` has no idle connection to lend: a request that reuses one
+        opens nothing.
+        """
+        pools = self.pools
+        if sum(p.open for p in pools.values()) < self.max_connections:
+            return True
+        return any(p.close_oldest_idle() for e, p in pools.items() if e is not endpoint)
 
     def saturated(self) -> bool:
         """Some endpoint would take traffic but for its connection limit: worth queueing for."""

@@ -25,7 +25,16 @@ class Pooled(Protocol):
 
 
 class Pool:
-    __slots__ = ("_loop", "_timer", "created", "idle", "idle_timeout", "max_idle", "reused")
+    __slots__ = (
+        "_loop",
+        "_timer",
+        "created",
+        "idle",
+        "idle_timeout",
+        "max_idle",
+        "open",
+        "reused",
+    )
 
     def __init__(self, max_idle: int, idle_timeout: float) -> None:
         self.idle: deque[Pooled] = deque()
@@ -34,6 +43,7 @@ class Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.created = 0  # connections opened to this endpoint (for stats and tests)
+        self.open = 0  # connections open or opening now, idle or lent (cluster max_connections)
         self.reused = 0
 
     def acquire(self) -> Pooled | None:
@@ -71,6 +81,15 @@ class Pool:
         if idle:
             wait = idle[0].idle_since - cutoff
             self._timer = self._loop.call_later(max(wait, 0.05), self._sweep)
+
+    def close_oldest_idle(self) -> bool:
+        """Close one idle connection to make room for another elsewhere; False if none."""
+        while self.idle:
+            conn = self.idle.popleft()
+            if conn.usable():
+                conn.close()
+                return True
+        return False
 
     def close_all(self) -> None:
         if self._timer is not None:
