@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from bascule.config.schema import ClusterConfig, Config
 from bascule.config.services import ServiceConfig
-from bascule.packet import apply, manager, nft, transparent
-from bascule.packet.manager import ServiceManager, health_key
+from bascule.packet import manager, nft, transparent
+from bascule.packet.manager import gone_udp_nat_endpoints, health_key
 from bascule.packet.nft import ServiceState
 from bascule.packet.runtime import start_packet
 
@@ -75,31 +75,19 @@ def _udp(endpoints: list[dict[str, object]], protocol: str = "udp") -> ServiceCo
     ],
 )  # fmt: skip
 def test_which_udp_nat_endpoints_are_flushed(
-    monkeypatch: pytest.MonkeyPatch,
     before: list[dict[str, object]],
     after: list[dict[str, object]] | None,
     health: dict[str, bool],
     flushed: list[str],
 ) -> None:
-    calls: list[str] = []
-
-    def fake_flush(service: ServiceConfig, address: str, netns: str | None = None) -> int:
-        calls.append(address)
-        return 1
-
-    monkeypatch.setattr(apply, "flush_conntrack", fake_flush)
     old_svc, new_svc = _udp(before), _udp(after or before)
     old = {"dns": ServiceState(old_svc, ())}
-    mgr = ServiceManager()
     keyed = {health_key(new_svc, a): up for a, up in health.items()}
-    mgr._flush_gone(old, {}, [ServiceState(new_svc, ())], keyed)
-    assert calls == flushed
-    assert mgr.flushed == len(flushed)
+    gone = gone_udp_nat_endpoints(old, {}, [ServiceState(new_svc, ())], keyed)
+    assert [address for _, address in gone] == flushed
     # TCP NAT services are never flushed.
-    calls.clear()
     tcp = _udp(before, "tcp")
-    mgr._flush_gone({"dns": ServiceState(tcp, ())}, {}, [], {})
-    assert calls == []
+    assert gone_udp_nat_endpoints({"dns": ServiceState(tcp, ())}, {}, [], {}) == []
     assert manager.health_key(tcp, "198.18.0.11") == "dns/198.18.0.11"
 
 

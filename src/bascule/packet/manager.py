@@ -41,6 +41,35 @@ class EndpointStatus:
     slots: int
 
 
+def gone_udp_nat_endpoints(
+    old: Mapping[str, ServiceState],
+    old_health: Mapping[str, bool],
+    states: Sequence[ServiceState],
+    health: Mapping[str, bool],
+) -> list[tuple[ServiceConfig, str]]:
+    """UDP NAT endpoints that took new flows before and take none now (down or removed).
+
+    Their conntrack entries must go: UDP "connections" never end by themselves, so without a
+    flush a client would keep reaching a dead endpoint. Drained ones (weight 0) keep theirs.
+    """
+    now = {s.service.name: s.service for s in states}
+    gone: list[tuple[ServiceConfig, str]] = []
+    for name, before in old.items():
+        service = before.service
+        if service.mode != "nat" or service.protocol != "udp":
+            continue
+        after = now.get(name)
+        kept = {} if after is None else {e.address: e for e in after.endpoints}
+        for endpoint in service.endpoints:
+            key = health_key(service, endpoint.address)
+            if endpoint.weight == 0 or not old_health.get(key, True):
+                continue  # it took no new flows before either
+            if endpoint.address in kept and health.get(key, True):
+                continue  # still up (weight 0 drains: its flows finish)
+            gone.append((service, endpoint.address))
+    return gone
+
+
 class ServiceManager:
     """Owns bascule's nft tables in one network namespace (None: this process's)."""
 
@@ -174,23 +203,8 @@ class ServiceManager:
         health: Mapping[str, bool],
     ) -> None:
         """Flush the UDP conntrack entries of NAT endpoints that were up and are not any more."""
-        now = {s.service.name: s.service for s in states}
-        for name, before in old.items():
-            service = before.service
-            if service.mode != "nat" or service.protocol != "udp":
-                continue
-            after = now.get(name)
-            kept = {} if after is None else {e.address: e for e in after.endpoints}
-            for endpoint in service.endpoints:
-                if endpoint.weight == 0 or not old_health.get(
-                    health_key(service, endpoint.address), True
-                ):
-                    continue  # it took no new flows before either
-                if endpoint.address in kept and health.get(
-                    health_key(service, endpoint.address), True
-                ):
-                    continue  # still up (weight 0 drains: its flows finish)
-                self.flushed += apply.flush_conntrack(service, endpoint.address, self.netns)
+        for service, address in gone_udp_nat_endpoints(old, old_health, states, health):
+            self.flushed += apply.flush_conntrack(service, address, self.netns)
 
     def _apply_replace(self, states: list[ServiceState], health: Mapping[str, bool]) -> None:
         program_tables = nft.tables_for(s.service for s in states)
