@@ -26,6 +26,10 @@ DEMO_YAML = """\
 #       curl -i http://127.0.0.1:8080/old       (a redirect to /)
 # Save this as bascule.yaml and edit it to start your own config.
 
+# One worker, so that one round robin serves every request and the backends visibly take
+# turns (each worker balances on its own; leave `workers` out for one per CPU).
+workers: 1
+
 listeners:
   - name: web
     address: 127.0.0.1:8080
