@@ -309,3 +309,89 @@ def read_response(s: socket.socket, *, head_only: bool = False) -> tuple[bytes, 
         if not chunk:
             return head, rest
         rest += chunk
+
+
+class Client:
+    """One raw connection: send bytes, read whole responses, see whether the proxy closed."""
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self.buf += chunk
+        return bool(chunk)
+
+    def head(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill():
+                raise EOFError(f"connection closed mid-head: {self.buf!r}")
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            key = name.strip().lower().decode()
+            assert key not in headers, f"{key} twice in {head!r}"
+            headers[key] = value.strip().decode("latin-1")
+        return int(lines[0].split(b" ", 2)[1]), headers, head
+
+    def response(self, method: str = "GET") -> tuple[int, dict[str, str], bytes, bytes]:
+        """(status, headers lower-cased, body, head) of the next final response."""
+        while True:
+            status, headers, head = self.head()
+            if status >= 200:
+                break
+        if method == "HEAD" or status in (204, 304):
+            return status, headers, b"", head
+        if "content-length" in headers:
+            assert "transfer-encoding" not in headers
+            n = int(headers["content-length"])
+            while len(self.buf) < n:
+                if not self._fill():
+                    raise EOFError("connection closed mid-body")
+            body, self.buf = self.buf[:n], self.buf[n:]
+            return status, headers, body, head
+        if "transfer-encoding" in headers:
+            assert headers["transfer-encoding"].lower() == "chunked"
+            body = b""
+            while True:
+                while b"\r\n" not in self.buf:
+                    assert self._fill(), "closed mid-chunk"
+                size_line, self.buf = self.buf.split(b"\r\n", 1)
+                size = int(size_line.split(b";")[0], 16)
+                while len(self.buf) < size + 2:
+                    assert self._fill(), "closed mid-chunk"
+                body += self.buf[:size]
+                assert self.buf[size:size + 2] == b"\r\n"
+                self.buf = self.buf[size + 2:]
+                if size == 0:
+                    return status, headers, body, head
+        while self._fill():  # close-delimited
+            pass
+        body, self.buf = self.buf, b""
+        return status, headers, body, head
+
+    def closed_by_peer(self, timeout: float = 3.0) -> bool:
+        """True when the proxy ends the connection (FIN or reset) within `timeout`, sending
+        nothing more."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(65536) == b"" and not self.buf
+        except ConnectionResetError:
+            return not self.buf
+        except TimeoutError:
+            return False

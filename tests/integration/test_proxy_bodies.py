@@ -20,103 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import Backend, BackendHandler, Seen, free_port, proxy_config, running
-
-
-class NoDelayHandler(BackendHandler):
-    # helpers' handler writes head and body in two sends; with Nagle on, each keep-alive
-    # response then waits for the proxy's delayed ACK (40 ms).
-    disable_nagle_algorithm = True
-
-
-def fast(b: Backend) -> Backend:
-    b.server.RequestHandlerClass = NoDelayHandler
-    return b
-
-
-# ------------------------------------------------------------------ a tiny HTTP/1.1 client
-
-
-class Client:
-    """One raw connection: send bytes, read whole responses, see whether the proxy closed."""
-
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> bool:
-        chunk = self.sock.recv(65536)
-        self.buf += chunk
-        return bool(chunk)
-
-    def head(self) -> tuple[int, dict[str, str], bytes]:
-        while b"\r\n\r\n" not in self.buf:
-            if not self._fill():
-                raise EOFError(f"connection closed mid-head: {self.buf!r}")
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.split(b"\r\n")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            key = name.strip().lower().decode()
-            assert key not in headers, f"{key} twice in {head!r}"
-            headers[key] = value.strip().decode("latin-1")
-        return int(lines[0].split(b" ", 2)[1]), headers, head
-
-    def response(self, method: str = "GET") -> tuple[int, dict[str, str], bytes, bytes]:
-        """(status, headers lower-cased, body, head) of the next final response."""
-        while True:
-            status, headers, head = self.head()
-            if status >= 200:
-                break
-        if method == "HEAD" or status in (204, 304):
-            return status, headers, b"", head
-        if "content-length" in headers:
-            assert "transfer-encoding" not in headers
-            n = int(headers["content-length"])
-            while len(self.buf) < n:
-                if not self._fill():
-                    raise EOFError("connection closed mid-body")
-            body, self.buf = self.buf[:n], self.buf[n:]
-            return status, headers, body, head
-        if "transfer-encoding" in headers:
-            assert headers["transfer-encoding"].lower() == "chunked"
-            body = b""
-            while True:
-                while b"\r\n" not in self.buf:
-                    assert self._fill(), "closed mid-chunk"
-                size_line, self.buf = self.buf.split(b"\r\n", 1)
-                size = int(size_line.split(b";")[0], 16)
-                while len(self.buf) < size + 2:
-                    assert self._fill(), "closed mid-chunk"
-                body += self.buf[:size]
-                assert self.buf[size:size + 2] == b"\r\n"
-                self.buf = self.buf[size + 2:]
-                if size == 0:
-                    return status, headers, body, head
-        while self._fill():  # close-delimited
-            pass
-        body, self.buf = self.buf, b""
-        return status, headers, body, head
-
-    def closed_by_peer(self, timeout: float = 3.0) -> bool:
-        self.sock.settimeout(timeout)
-        try:
-            return self.sock.recv(65536) == b"" and not self.buf
-        except ConnectionResetError:
-            return not self.buf
-        except TimeoutError:
-            return False
-
+from helpers import Backend, BackendHandler, Client, Seen, free_port, proxy_config, running
 
 # ------------------------------------------------------------------ backends
 
@@ -210,14 +114,14 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     tmp = tmp_path_factory.mktemp("bodies")
     p = Proxy(
         port=free_port(),
-        app=fast(Backend(app, name="app")),
+        app=Backend(app, name="app"),
         close10=CloseDelimitedBackend(),
         closer=Backend(silent_close, name="closer"),
-        buffered_good=fast(Backend(app, name="buffered-good")),
-        retry_good=fast(Backend(app, name="retry-good")),
+        buffered_good=Backend(app, name="buffered-good"),
+        retry_good=Backend(app, name="retry-good"),
         post_closer=Backend(silent_close, name="post-closer"),
-        post_good=fast(Backend(app, name="post-good")),
-        ka=fast(Backend(app, name="ka")),
+        post_good=Backend(app, name="post-good"),
+        ka=Backend(app, name="ka"),
     )
     def cluster(name: str, *addresses: str) -> dict[str, object]:
         return {"name": name, "endpoints": [{"address": a} for a in addresses]}

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bascule.config.services import ServiceConfig, nft_identifier
+from bascule.upstream.balancers.maglev import maglev_table
+from bascule.upstream.balancers.round_robin import smooth_weighted_sequence
 
 TABLE_SIZE = 65537  # prime, as Maglev needs; the slot maps have this many entries
 HASH_SEED = 0x62736375  # "bscu": fixed so that every LB hashes a flow the same way
@@ -86,33 +88,13 @@ def compute_slots(
     names = [e.address for e in live]
     weights = [e.weight for e in live]
     if service.balancer in ("maglev", "source_hash"):
-        from bascule.upstream.balancers.maglev import maglev_table
-
         order = maglev_table(names, weights, size)
     else:
-        order = smooth_weighted_order(weights, size)
+        # `numgen inc` walks the slots in order, so a round robin over them is a smooth weighted
+        # round robin; `numgen random` picks them at random, so each gets its weight's share.
+        order = smooth_weighted_sequence(weights, size)
     resolved = [values[name] for name in names]
     return tuple(resolved[i] for i in order)
-
-
-def smooth_weighted_order(weights: Sequence[int], size: int) -> list[int]:
-    """nginx's smooth weighted round robin, `size` picks long (indexes into `weights`).
-
-    `numgen inc` walks these slots in order, so a round robin over them is a smooth weighted
-    round robin; `numgen random` picks them at random, so each endpoint gets its weight's share.
-    """
-    total = sum(weights)
-    current = [0] * len(weights)
-    order = []
-    for _ in range(size):
-        best = 0
-        for i, weight in enumerate(weights):
-            current[i] += weight
-            if current[i] > current[best]:
-                best = i
-        current[best] -= total
-        order.append(best)
-    return order
 
 
 # ------------------------------------------------------------------ names

@@ -57,17 +57,28 @@ def smooth_weighted_period(weights: Sequence[int]) -> list[int] | None:
     total = sum(reduced)
     if total * len(reduced) > CYCLE_BUILD_LIMIT:
         return None
-    current = [0] * len(reduced)
-    period = []
-    for _ in range(total):
+    return smooth_weighted_sequence(reduced, total)
+
+
+def smooth_weighted_sequence(weights: Sequence[int], count: int) -> list[int]:
+    """The first `count` picks of nginx's smooth weighted round robin, as indexes.
+
+    Each pick adds every weight to its score, takes the highest score and takes the total
+    back from it. Scaling all weights by one factor gives the same order, so callers may
+    reduce them first.
+    """
+    total = sum(weights)
+    current = [0] * len(weights)
+    order = []
+    for _ in range(count):
         best = 0
-        for i, weight in enumerate(reduced):
+        for i, weight in enumerate(weights):
             current[i] += weight
             if current[i] > current[best]:
                 best = i
         current[best] -= total
-        period.append(best)
-    return period
+        order.append(best)
+    return order
 
 
 class SmoothWeighted:
