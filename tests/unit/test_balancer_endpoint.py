@@ -76,6 +76,7 @@ def test_observe_counts_requests_and_failures() -> None:
 
 def test_observe_jumps_to_peaks_and_decays_towards_lower_samples() -> None:
     e = Endpoint("10.0.0.1", 80)
+    e.track_latency = True  # as peak_ewma sets it
     assert e.ewma_stamp == 0.0
     e.observe(0.010, True)
     assert e.ewma == 0.010 and e.ewma_stamp > 0
@@ -94,8 +95,16 @@ def test_observe_jumps_to_peaks_and_decays_towards_lower_samples() -> None:
 
 def test_failure_never_looks_fast() -> None:
     e = Endpoint("10.0.0.1", 80)
+    e.track_latency = True
     e.observe(0.0001, False)
     assert e.ewma == FAILURE_LATENCY_S
     e.ewma = 3.0
     e.observe(0.0001, False)
     assert e.ewma == 6.0
+
+
+def test_only_tracked_endpoints_average_latency() -> None:
+    e = Endpoint("10.0.0.1", 80)
+    e.observe(0.5, True)
+    e.observe(0.5, False)
+    assert (e.requests, e.failures, e.ewma) == (2, 1, 0.0)

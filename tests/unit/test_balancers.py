@@ -244,19 +244,21 @@ def test_least_connections_ties_take_turns() -> None:
 
 def test_peak_ewma_avoids_slow_endpoint() -> None:
     eps = endpoints([1] * 4)
+    balancer = build("peak_ewma", eps)  # it asks its endpoints to track latency
     for e in eps:
         e.observe(0.010, True)
     eps[0].observe(0.500, True)  # one slow response is enough: the estimate jumps to the peak
-    counts = shares(build("peak_ewma", eps), 4000)
+    counts = shares(balancer, 4000)
     assert counts[eps[0].name] <= 4000 / 16 * 1.5, counts
 
 
 def test_peak_ewma_avoids_fast_failures() -> None:
     eps = endpoints([1] * 4)
+    balancer = build("peak_ewma", eps)
     for e in eps:
         e.observe(0.010, True)
     eps[0].observe(0.0001, False)  # refused at once: must not look like the fastest
-    counts = shares(build("peak_ewma", eps), 4000)
+    counts = shares(balancer, 4000)
     assert counts[eps[0].name] <= 4000 / 16 * 1.5, counts
 
 

@@ -923,7 +923,7 @@ class Exchange:
             self.retries,
             request.host,
             request.header(b"user-agent"),
-            request.header(b"referer"),
+            request.header(b"referer") if log.fmt == "combined" else "",
             self.error,
         )
 

@@ -71,6 +71,7 @@ class Endpoint:
         "port",
         "requests",
         "slow_start",
+        "track_latency",
         "weight",
     )
 
@@ -107,6 +108,7 @@ class Endpoint:
         self.ewma = 0.0
         self.ewma_stamp = 0.0
         self.ewma_decay = DEFAULT_EWMA_DECAY_S  # the peak_ewma balancer sets its own
+        self.track_latency = False  # set by the balancers that read `ewma` (peak_ewma)
         # Room for balancers that need per-endpoint scratch state.
         self.extra: dict[str, Any] = {}
         # The active checks' verdict and the outlier detector's state (see outlier.py).
@@ -171,11 +173,14 @@ class Endpoint:
 
     def observe(self, latency_s: float, ok: bool) -> None:
         """Record one finished request or connection: counters and the latency EWMA."""
-        now = monotonic()
         self.requests += 1
-        ewma = self.ewma
         if not ok:
             self.failures += 1
+        if not self.track_latency:
+            return  # only peak_ewma reads the average: others skip its arithmetic
+        now = monotonic()
+        ewma = self.ewma
+        if not ok:
             latency_s = max(latency_s, 2.0 * ewma, FAILURE_LATENCY_S)
         if latency_s > ewma:
             # Peak sensitivity: a slow response moves the estimate up at once, so a server that

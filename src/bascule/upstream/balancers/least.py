@@ -163,6 +163,7 @@ class PeakEwma:
         self.decay = check_seconds("decay", decay)
         for endpoint in self.endpoints:
             endpoint.ewma_decay = self.decay
+            endpoint.track_latency = True
         rng = make_rng(check_seed(seed))
         self._samplers = [WeightedSampler(t, rng) for t in tiers(self.endpoints)]
 
