@@ -688,6 +688,9 @@ class Exchange:
             self.out = []
             if len(out) == 1:
                 self.session.write(out[0])
+            elif len(out) == 2 and len(out[1]) < 4096:
+                # a head and a small body: one write(2) is cheaper than a writev(2)
+                self.session.write(out[0] + out[1])
             elif not self.session._closing:
                 self.session.transport.writelines(out)
 
