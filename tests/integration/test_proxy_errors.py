@@ -507,7 +507,9 @@ def test_bad_clients_never_harm_other_connections(tmp_path: Path, backend: Backe
                     latencies.append(time.monotonic() - t0)
                     assert r.status_code == 200
                     assert r.json()["path"] == f"/ok{i}"
-            assert max(latencies) < 1.0, latencies
+            # Prompt, with room for a loaded 2-core machine; the clients' own timeout is 5 s.
+            assert sorted(latencies)[len(latencies) // 2] < 0.5, latencies
+            assert max(latencies) < 2.5, latencies
         finally:
             stop.set()
             thread.join(10)

@@ -835,3 +835,41 @@ def test_reference_examples_are_valid() -> None:
     assert [fmt for fmt, _ in blocks] == ["yaml", "toml"]
     for fmt, body in blocks:
         parse_config(body, f"config-reference.{fmt}", fmt)
+
+
+def test_durations_must_be_finite(tmp_path: Path) -> None:
+    bad = tmp_path / "b.yaml"
+    bad.write_text(
+        "clusters:\n  - name: c\n    endpoints: [{address: 127.0.0.1:9}]\n"
+        "    timeouts: {connect: .nan}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert "clusters[0].timeouts.connect: duration must be a finite number" in str(e.value)
+
+
+def test_udp_dsr_needs_its_vip_to_itself_and_interfaces_distinct_tables(tmp_path: Path) -> None:
+    def services(*entries: str) -> str:
+        return "services:\n" + "".join(entries)
+
+    def svc(name: str, mode: str, port: int, iface: str = "eth0", proto: str = "udp") -> str:
+        mac = ", mac: '02:00:00:00:00:11'" if mode == "dsr" else ""
+        return (
+            f"  - {{name: {name}, vip: 198.18.0.100, port: {port}, protocol: {proto}, "
+            f"mode: {mode}, interface: {iface}, balancer: maglev, "
+            f"endpoints: [{{address: 198.18.0.11{mac}}}]}}\n"
+        )
+
+    path = tmp_path / "s.yaml"
+    path.write_text(services(svc("dns", "dsr", 53), svc("other", "dsr", 54)))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "fragments carry no port" in str(e.value)
+    path.write_text(
+        services(svc("a", "dsr", 80, "eth-0", "tcp"), svc("b", "dsr", 81, "eth_0", "tcp"))
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "would share one nft table name" in str(e.value)
+    path.write_text(services(svc("a", "dsr", 80, proto="tcp"), svc("b", "nat", 81, proto="tcp")))
+    assert len(load_config(path).services) == 2

@@ -246,17 +246,21 @@ def test_realserver_plan() -> None:
 def scratch_netns() -> Iterator[str]:
     """A namespace holding an `eth0` (a veth) so netdev chains can hook it; nft -c needs root."""
     if os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("ip") is None:
-        pytest.skip("nft -c needs root, nft and ip")
+        reason = "nft -c needs root, nft and ip"
+        if os.environ.get("BASCULE_REQUIRE_NETNS", "") not in ("", "0"):
+            pytest.fail(f"{reason} (BASCULE_REQUIRE_NETNS is set)")
+        pytest.skip(reason)
     name = f"bsc-{secrets.token_hex(3)}-unit"
-    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
     try:
         subprocess.run(
             ["ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
             check=True,
+            timeout=30,
         )
         yield name
     finally:
-        subprocess.run(["ip", "netns", "del", name], check=True)
+        subprocess.run(["ip", "netns", "del", name], check=True, timeout=30)
 
 
 def _nft_check(ns: str, program: str) -> None:
@@ -266,6 +270,7 @@ def _nft_check(ns: str, program: str) -> None:
         capture_output=True,
         text=True,
         check=False,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
 

@@ -200,6 +200,32 @@ def check_services(services: Sequence[ServiceConfig]) -> Sequence[ServiceConfig]
                 f"{service.vip} port {service.port}/{service.protocol}"
             )
         listens[key] = service.name
+    interfaces: dict[str, str] = {}
+    for service in services:
+        if service.mode != "dsr":
+            continue
+        # One netdev table per interface, named from it: two names must not make one table.
+        ident = nft_identifier(service.interface)
+        if interfaces.setdefault(ident, service.interface) != service.interface:
+            raise ValueError(
+                f"interfaces {interfaces[ident]!r} and {service.interface!r} would share one "
+                "nft table name; rename one"
+            )
+        # Non-first fragments carry no port: the DSR fragment rule matches VIP and protocol,
+        # so a UDP DSR service needs its VIP and protocol to itself. (TCP sets Don't Fragment
+        # and sizes segments to the path: its fragments do not occur in practice.)
+        if service.protocol != "udp":
+            continue
+        for peer in services:
+            if (
+                peer is not service
+                and peer.vip == service.vip
+                and peer.protocol == service.protocol
+            ):
+                raise ValueError(
+                    f"dsr service {service.name!r} needs {service.vip}/{service.protocol} to "
+                    f"itself (fragments carry no port), but {peer.name!r} uses it too"
+                )
     return services
 
 

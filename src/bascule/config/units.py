@@ -10,6 +10,7 @@ Rules of this module:
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Annotated, Any
 
@@ -49,6 +50,9 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as 250ms or 5s, got {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            # NaN and infinity would break the event loop's timer ordering
+            raise ValueError(f"duration must be a finite number, got {value!r}")
         if value < 0:
             raise ValueError(f"duration must not be negative, got {value!r}")
         return float(value)

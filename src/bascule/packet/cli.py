@@ -113,10 +113,18 @@ def _realserver(args: argparse.Namespace) -> int:
 
 def _nft_json(argv: list[str], netns: str | None) -> dict[str, Any]:
     base = argv if netns is None else ["ip", "netns", "exec", netns, *argv]
-    done = subprocess.run(base, capture_output=True, text=True, check=False, timeout=30)
+    try:
+        done = subprocess.run(base, capture_output=True, text=True, check=False, timeout=30)
+    except FileNotFoundError:
+        raise apply.PacketError(f"{base[0]}: command not found") from None
+    except subprocess.TimeoutExpired:
+        raise apply.PacketError(f"`{' '.join(argv)}` did not finish in 30 s") from None
     if done.returncode != 0:
         raise apply.PacketError(done.stderr.strip())
-    data: dict[str, Any] = json.loads(done.stdout or "{}")
+    try:
+        data: dict[str, Any] = json.loads(done.stdout or "{}")
+    except ValueError as e:
+        raise apply.PacketError(f"`{' '.join(argv)}` printed no JSON: {e}") from None
     return data
 
 

@@ -203,6 +203,9 @@ async def start_packet(config: Config, printer: Printer = print) -> PacketRuntim
     except apply.PacketError as exc:
         await runtime.stop()
         raise StartupError(str(exc)) from None
+    except BaseException:
+        await runtime.stop()  # whatever failed, take down what was programmed
+        raise
     return runtime
 
 

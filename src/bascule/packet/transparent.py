@@ -72,6 +72,8 @@ def _run(command: Sequence[str], netns: str | None, *, ok_to_fail: bool = False)
         done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     except FileNotFoundError:
         raise apply.PacketError(f"{command[0]}: command not found; install iproute2") from None
+    except subprocess.TimeoutExpired:
+        raise apply.PacketError(f"`{' '.join(command)}` did not finish in 10 s") from None
     if done.returncode != 0 and not ok_to_fail:
         raise apply.PacketError(
             f"source_address: client needs policy routing, and `{' '.join(command)}` failed: "
@@ -82,10 +84,17 @@ def _run(command: Sequence[str], netns: str | None, *, ok_to_fail: bool = False)
 def setup(netns: str | None = None) -> None:
     """Install the mark rule and the policy routing (replacing leftovers of a killed run)."""
     apply.check_privileges()
-    apply.run_nft(nft_program(), netns)
-    _run(undo_plan()[0], netns, ok_to_fail=True)  # a leftover rule: never two of them
-    for command in plan():
-        _run(command, netns)
+    try:
+        apply.run_nft(nft_program(), netns)
+        _run(undo_plan()[0], netns, ok_to_fail=True)  # a leftover rule: never two of them
+        for command in plan():
+            _run(command, netns)
+    except BaseException:
+        try:
+            teardown(netns)  # never leave half of it behind
+        except apply.PacketError:
+            pass  # the first error is the one to report
+        raise
 
 
 def teardown(netns: str | None = None) -> None:
@@ -102,5 +111,8 @@ def is_set_up(netns: str | None = None) -> bool:
     argv = ["nft", "list", "table", "inet", TRANSPARENT_TABLE]
     if netns is not None:
         argv = ["ip", "netns", "exec", netns, *argv]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except subprocess.TimeoutExpired:
+        raise apply.PacketError("`nft list table` did not finish in 10 s") from None
     return done.returncode == 0
