@@ -19,10 +19,10 @@ from typing import Final
 _FLUSH_AT: Final = 64 * 1024
 _FLUSH_EVERY: Final = 0.02  # seconds a line may wait in the buffer
 # %-formatting of one template is about three times faster than the equivalent f-string.
-# Listener and cluster names (config names), methods (llhttp tokens), addresses and versions
-# cannot hold a quote or a backslash: only free text goes through the JSON string encoder.
+# Listener and cluster names (config names), methods (llhttp tokens), the peer's address and
+# versions cannot hold a quote or a backslash: only free text goes through the string encoder.
 _JSON_LINE: Final = (
-    '{"time":"%s.%03dZ","listener":"%s","client":"%s","peer":"%s","method":"%s","uri":%s,'
+    '{"time":"%s.%03dZ","listener":"%s","client":%s,"peer":"%s","method":"%s","uri":%s,'
     '"version":"%s","status":%d,"bytes":%d,"cluster":"%s","endpoint":"%s","route":%s,'
     '"upstream_header_ms":%.3f,"upstream_ms":%.3f,"total_ms":%.3f,"retries":%d,"host":%s,'
     '"user_agent":%s,"error":%s}\n'
@@ -123,7 +123,7 @@ class AccessLog:
                 self._iso,
                 int(now * 1000) % 1000,
                 listener,
-                client,
+                _q(client),  # from X-Forwarded-For when the peer is trusted: free text
                 peer,
                 method,
                 _q(uri),

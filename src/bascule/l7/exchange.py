@@ -102,7 +102,6 @@ class Exchange:
         "close_after",
         "cluster",
         "conn",
-        "connecting",
         "ctx",
         "deadline_response",
         "deadline_total",
@@ -128,6 +127,7 @@ class Exchange:
         "tried",
         "until_close",
         "upstream_read_paused",
+        "upstream_stalled_since",
         "waiting_body",
     )
 
@@ -140,7 +140,6 @@ class Exchange:
         self.cluster: Cluster | None = None
         self.endpoint: Endpoint | None = None
         self.conn: UpstreamConnection | None = None
-        self.connecting = False
         self._task: asyncio.Task[None] | None = None
         self._head = b""
         self.tried: list[Endpoint] = []
@@ -158,6 +157,7 @@ class Exchange:
         self.finished = False
         self.waiting_body = False
         self.upstream_read_paused = False
+        self.upstream_stalled_since = 0.0  # the endpoint stopped reading the request body
         self.deadline_response = 0.0
         self.deadline_total = 0.0
         self.t_dispatch = 0.0
@@ -237,7 +237,6 @@ class Exchange:
             assert isinstance(conn, UpstreamConnection)
             self._attach(conn)
             return
-        self.connecting = True
         self._task = self.loop.create_task(self._connect(cluster, endpoint))
 
     def _pick_extended(self, cluster: Cluster) -> Endpoint | None:
@@ -390,12 +389,10 @@ class Exchange:
                     )
         except TimeoutError:
             if self.endpoint is endpoint and not self.finished:
-                self.connecting = False
                 self.upstream_error(504, f"connect to {endpoint.address} timed out", True)
             return
         except OSError as e:
             if self.endpoint is endpoint and not self.finished:
-                self.connecting = False
                 reason = e.strerror or str(e)
                 self.upstream_error(502, f"connect to {endpoint.address}: {reason}", True)
             return
@@ -406,12 +403,14 @@ class Exchange:
                     sock.close()
         pool.created += 1
         conn.counted = True  # from here the connection gives back its place in `pool.open`
-        if conn.closed:  # lost before it was handed over
+        if conn.closed:  # lost before it was handed over: as a connect failure
             pool.open -= 1
+            if self.endpoint is endpoint and not self.finished:
+                self.upstream_error(502, f"{endpoint.address} closed the new connection", True)
+            return
         if self.finished or self.endpoint is not endpoint:
             pool.release(conn, loop.time())  # a fresh connection is still good for the next
             return
-        self.connecting = False
         self._attach(conn)
 
     # ------------------------------------------------------------ request to upstream
@@ -421,6 +420,10 @@ class Exchange:
         request = self.request
         conn.lend(self, request.method == "HEAD")
         self.t_upstream = time.monotonic()
+        if self.session.write_paused_since:
+            # the client stopped reading during an earlier exchange: read the endpoint only
+            # as fast as the client drains, from the first byte
+            self.client_pause_writing()
         transport = conn.transport
         assert transport is not None
         if request.complete:
@@ -429,7 +432,7 @@ class Exchange:
             request.body_buffered = 0
             if request.method in IDEMPOTENT_METHODS:
                 self.replay = body
-            if not self._head:
+            if not self._head or not request.host_raw:  # a synthesized Host names the endpoint
                 self._head = self._request_head(sum(map(len, body)), False)
             if body:
                 transport.writelines([self._head, *body])
@@ -521,6 +524,10 @@ class Exchange:
             ]
             identity = session.identity(request.host_raw)
         lines.insert(0, b"%s %s HTTP/1.1\r\n" % (request.method_raw, target))
+        if not request.host_raw and self.endpoint is not None:
+            # An HTTP/1.0 request may come without Host; bascule speaks HTTP/1.1 upstream,
+            # which requires one: name the endpoint, as nginx names its upstream.
+            lines.insert(1, b"Host: %s\r\n" % self.endpoint.address.encode())
         lines.append(identity)
         if request.framing == CHUNKED:
             if chunked:
@@ -722,6 +729,12 @@ class Exchange:
         elif self.queued is not None:  # the client left, or the exchange failed, while queued
             self.queued.cancel()
             self.queued = None
+            if cluster is not None:
+                try:
+                    cluster.waiting.remove(self)  # its place in max_pending is free again
+                except ValueError:
+                    pass
+        self.upstream_stalled_since = 0.0
         if conn is None:
             return
         self.conn = None
@@ -800,6 +813,14 @@ class Exchange:
                 return -1
             nxt = min(nxt, d)
         conn = self.conn
+        if self.upstream_stalled_since and conn is not None and self.cluster is not None:
+            idle = self.cluster.spec.timeouts.idle
+            if idle:
+                d = self.upstream_stalled_since + idle
+                if d <= now:
+                    self._timeout("endpoint stopped reading the request body")
+                    return -1
+                nxt = min(nxt, d)
         if conn is not None and self.response_started and self.cluster is not None:
             idle = self.cluster.spec.timeouts.idle
             if idle:
@@ -934,8 +955,13 @@ class Exchange:
 
     def upstream_pause_writing(self) -> None:
         self.session.pause_reading(_UPSTREAM)
+        self.upstream_stalled_since = now = self.loop.time()
+        idle = self.cluster.spec.timeouts.idle if self.cluster is not None else 0.0
+        if idle:
+            self.session.arm(now + idle)
 
     def upstream_resume_writing(self) -> None:
+        self.upstream_stalled_since = 0.0
         self.session.resume_reading(_UPSTREAM)
 
     def client_pause_writing(self) -> None:

@@ -30,14 +30,14 @@ class Request:
 
     def __init__(
         self,
-        method: str,
+        method_raw: bytes,
         target: bytes,
         version: str,
         headers: list[tuple[bytes, bytes, bytes]],
         start: float,
     ) -> None:
-        self.method = method
-        self.method_raw = method.encode()
+        self.method = method_raw.decode("ascii", "replace")
+        self.method_raw = method_raw
         self.target = target
         self.version = version
         # (lower-cased name, name as sent, value): matching uses the first, forwarding the rest

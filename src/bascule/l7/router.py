@@ -48,11 +48,6 @@ class HeaderEditor:
     def __bool__(self) -> bool:
         return bool(self.set or self.add or self.remove)
 
-    def apply(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        if self.remove:
-            headers = [(n, v) for n, v in headers if n.lower() not in self.remove]
-        return headers + self.set + self.add
-
 
 class Route:
     """A compiled route: its predicates and its action."""

@@ -43,6 +43,7 @@ BUFFER: Final = 4
 LINGER_SECONDS: Final = 2.0
 _HEAD_SLACK: Final = 16 * 1024
 
+_NOT_HOP_BY_HOP: Final = frozenset({b"content-length", b"host", b"transfer-encoding"})
 _SPECIAL: Final = frozenset(
     {
         b"host",
@@ -186,7 +187,8 @@ class HttpSession(asyncio.Protocol):
         self.pending.clear()
 
     def pause_writing(self) -> None:
-        self.write_paused_since = self.loop.time()
+        self.write_paused_since = now = self.loop.time()
+        self.arm(now + self.ctx.timeouts.idle)  # a client that stops reading is cut then
         if self.exchange is not None:
             self.exchange.client_pause_writing()
 
@@ -223,6 +225,10 @@ class HttpSession(asyncio.Protocol):
         if len(self._headers) >= limits.max_headers:
             self._error = ProtocolError("too many header fields", 431)
             raise self._error
+        if not self._in_head:
+            # A trailer field of a chunked body: bascule does not forward trailers, and must
+            # never let one pass as a header field the route did not see.
+            return
         self._headers.append((name.lower(), name, value))
 
     def on_headers_complete(self) -> None:
@@ -234,14 +240,7 @@ class HttpSession(asyncio.Protocol):
         self.header_deadline = 0.0
         parser = self.parser
         method_raw = parser.get_method()
-        request = Request(
-            method_raw.decode("ascii", "replace"),
-            self._url,
-            parser.get_http_version(),
-            self._headers,
-            started,
-        )
-        request.method_raw = method_raw
+        request = Request(method_raw, self._url, parser.get_http_version(), self._headers, started)
         request.keep_alive = parser.should_keep_alive()
         try:
             self._check_head(request)
@@ -332,7 +331,9 @@ class HttpSession(asyncio.Protocol):
                 if limit and n > limit:
                     raise ProtocolError("request body too large", 413)
         if connection:
-            request.conn_tokens = connection_tokens(connection)
+            # A client may not make framing or Host "hop-by-hop": dropping them would let the
+            # body be read as a second request upstream (smuggling).
+            request.conn_tokens = connection_tokens(connection) - _NOT_HOP_BY_HOP
         target = request.target
         if target[:1] != b"/":
             if target == b"*" and request.method == "OPTIONS":
@@ -341,7 +342,13 @@ class HttpSession(asyncio.Protocol):
                 # absolute-form (RFC 9112 §3.2.2): its authority replaces Host
                 rest = target.split(b"://", 1)[1]
                 authority, slash, path = rest.partition(b"/")
+                authority = authority.rpartition(b"@")[2]  # no userinfo upstream
+                if not authority:
+                    raise ProtocolError("absolute-form target without a host")
                 hosts = [authority]
+                # RFC 9112 §3.2.2: the target's authority replaces any Host field.
+                request.headers = [h for h in request.headers if h[0] != b"host"]
+                request.headers.append((b"host", b"Host", authority))
                 request.target = target = slash + path if slash else b"/"
             else:
                 raise ProtocolError("invalid request target")
@@ -399,8 +406,7 @@ class HttpSession(asyncio.Protocol):
             if self._parsing is None and not self.pending and not self._paused:
                 # Everything the client sent has been read and answered: a plain close
                 # cannot reset the response, so no lingering is needed.
-                self._closing = True
-                self.transport.close()
+                self._close_now()
             else:
                 self.close_gracefully()
             return
@@ -493,9 +499,23 @@ class HttpSession(asyncio.Protocol):
             except OSError:
                 transport.abort()
                 return
-            self._linger = self.loop.call_later(LINGER_SECONDS, transport.close)
+            self._linger = self.loop.call_later(LINGER_SECONDS, self._close_now)
         else:
-            transport.close()
+            self._close_now()
+
+    def _close_now(self) -> None:
+        """Close once what is written has gone out, and not wait for that for ever.
+
+        `close()` waits for the write buffer to drain: a client that never reads would hold
+        the socket open. After the idle timeout it is cut.
+        """
+        self._closing = True
+        transport = self.transport
+        transport.close()
+        if transport.get_write_buffer_size():
+            if self._linger is not None:
+                self._linger.cancel()
+            self._linger = self.loop.call_later(self.ctx.timeouts.idle, transport.abort)
 
     def abort(self) -> None:
         self._closing = True
@@ -537,16 +557,16 @@ class HttpSession(asyncio.Protocol):
                 if self.exchange is None:
                     self.log_local("-", self._url.decode("latin-1"), 408, "request header timeout")
                     self.send_error(408, "request header timeout")
-                else:
-                    self._broken = ProtocolError("request header timeout", 408)
-                    self.pause_reading(PIPELINE)
-                return
-            nxt = d
+                    return
+                # answered once the exchange in progress is done; its own deadlines go on
+                self._broken = ProtocolError("request header timeout", 408)
+                self.pause_reading(PIPELINE)
+            else:
+                nxt = d
         d = self.idle_deadline
         if d:
             if d <= now:
-                self._closing = True
-                self.transport.close()
+                self._close_now()
                 return
             nxt = min(nxt, d)
         if self.body_deadline and self._parsing is not None:

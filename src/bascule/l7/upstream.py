@@ -24,12 +24,14 @@ if TYPE_CHECKING:
 
 
 class _RelayRaw(Exception):
-    """Raised from a parser callback to stop the parser at the end of a response head."""
+    """Raised from a parser callback to stop the parser at the end of a response head (the
+    parser is then replaced): a long body is relayed raw, a HEAD response ends there."""
 
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_done",
+        "_head_ended",
         "_raw_body",
         "body_length",
         "closed",
@@ -74,6 +76,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.body_length = 0  # set by the exchange for Content-Length framed responses
         self.raw_left = 0
         self._raw_body: bytes | None = None
+        self._head_ended = False  # a HEAD response's head is in: stop the parser there
 
     # -- pool interface
 
@@ -93,6 +96,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = exchange
         self.head_only = head_only
         self._done = False
+        self.status = 0
         self.in_head = True
         self.head_buf = b""
         self.body_length = 0
@@ -124,6 +128,12 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except HttpParserError as e:
+            if self._head_ended:
+                self._head_ended = False
+                self.parser = HttpResponseParser(self)
+                self._done = True
+                exchange.on_response_complete(self)
+                return
             if self._raw_body is not None:
                 # not an error: on_headers_complete stopped the parser to relay the body raw
                 body, self._raw_body = self._raw_body, None
@@ -209,11 +219,13 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200 or self.exchange is not exchange or self._done:
             return
         if self.head_only:
-            # The parser would wait for the body a HEAD response never has: end it here and
-            # give the next exchange a fresh parser.
-            self._done = True
-            self.parser = HttpResponseParser(self)
-            exchange.on_response_complete(self)
+            # The parser would wait for the body a HEAD response never has. Stop it here (it
+            # must not run on into the next exchange's callbacks) and end the response once
+            # it has returned; bytes after the head mean the backend is out of step.
+            if len(buf) > end + 2:
+                self.keep_alive = False
+            self._head_ended = True
+            raise _RelayRaw
         elif self.body_length > len(buf) - end - 2:
             # The body runs past this read: stop the parser (it is replaced) and relay the
             # rest by counting bytes.

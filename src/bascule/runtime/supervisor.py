@@ -106,9 +106,9 @@ class Supervisor:
             worker = Worker(self.config, self.sockets)
             self.worker = worker
             await worker.start()
-            self._send({"health": self._down()})
             if self.discovery is not None:
                 self._send({"endpoints": self.discovery.current()})
+            self._send({"health": self._down()})
             await stop.wait()
             self.printer("bascule: stopping (draining in-flight requests)")
             await worker.drain()
@@ -166,9 +166,10 @@ class Supervisor:
         assert proc.stdin is not None
         proc.stdin.write(self.config.model_dump_json().encode() + b"\n")
         # What the control plane knows already: a new worker must not route to a dead endpoint.
-        proc.stdin.write(channel.encode({"health": self._down()}))
+        # Endpoints first: a verdict for an endpoint the worker does not have yet is dropped.
         if self.discovery is not None:
             proc.stdin.write(channel.encode({"endpoints": self.discovery.current()}))
+        proc.stdin.write(channel.encode({"health": self._down()}))
         await proc.stdin.drain()
         return proc
 
