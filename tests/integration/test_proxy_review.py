@@ -154,3 +154,14 @@ def test_a_client_that_never_reads_is_cut_after_the_idle_timeout(tmp_path: Path)
     finally:
         b.stop()
     assert received < len(block) * 64
+
+
+def test_requests_before_a_broken_one_are_answered_first(tmp_path: Path, backend: Backend) -> None:
+    port = free_port()
+    with running(proxy_config(port, [backend.address]), tmp_path, port), Client(port) as c:
+        c.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"
+               b"GET /3 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+        first, second, third = c.response(), c.response(), c.response()
+        assert c.closed_by_peer()
+    assert (first[0], second[0], third[0]) == (200, 200, 400)
+    assert b'"path": "/1"' in first[2] and b'"path": "/2"' in second[2]

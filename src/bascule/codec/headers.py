@@ -128,3 +128,14 @@ def forwarded_element(for_: str, by: str, proto: str, host: str | None) -> bytes
     if host:
         parts.append(f"host={forwarded_value(host)}")
     return ";".join(parts).encode("latin-1", "replace")
+
+
+def cookie_values(fields: Iterable[bytes], name: bytes) -> list[bytes]:
+    """The values of cookie `name` across `Cookie` fields (RFC 6265 §5.4), quotes removed."""
+    values = []
+    for field in fields:
+        for pair in field.split(b";"):
+            key, eq, value = pair.strip().partition(b"=")
+            if eq and key == name:
+                values.append(value.strip().strip(b'"'))
+    return values

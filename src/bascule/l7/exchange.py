@@ -25,6 +25,7 @@ from bascule.codec.headers import (
     HOP_BY_HOP,
     client_from_xff,
     connection_tokens,
+    cookie_values,
     forwarded_element,
     split_list,
 )
@@ -981,9 +982,5 @@ class Exchange:
 
 def cookie_value(request: Request, name: bytes) -> bytes | None:
     """The value of the request's cookie `name` (RFC 6265 `Cookie` fields), or None."""
-    for field in request.header_values(b"cookie"):
-        for pair in field.split(b";"):
-            k, eq, v = pair.strip().partition(b"=")
-            if eq and k == name:
-                return v.strip(b'"')
-    return None
+    values = cookie_values(request.header_values(b"cookie"), name)
+    return values[0] if values else None

@@ -15,6 +15,7 @@ from itertools import accumulate
 from typing import NamedTuple
 from urllib.parse import parse_qsl
 
+from bascule.codec.headers import cookie_values
 from bascule.config.schema import HeaderEdits, HeaderMatch, RouteConfig
 
 HeaderLookup = Callable[[bytes], list[bytes]]
@@ -204,16 +205,8 @@ def _query_test(spec: HeaderMatch) -> Callable[[str, str, str, str, HeaderLookup
 
 
 def _cookie_test(spec: HeaderMatch) -> Callable[[str, str, str, str, HeaderLookup], bool]:
-    name = spec.name
+    name = spec.name.encode("latin-1")
     test = _value_test(spec)
-
-    def cookie_test(method: str, host: str, path: str, query: str, h: HeaderLookup) -> bool:
-        values = []
-        for line in h(b"cookie"):
-            for pair in line.decode("latin-1").split(";"):
-                k, _, v = pair.strip().partition("=")
-                if k == name:
-                    values.append(v.strip('"'))
-        return test(values)
-
-    return cookie_test
+    return lambda method, host, path, query, h: test(
+        [v.decode("latin-1") for v in cookie_values(h(b"cookie"), name)]
+    )

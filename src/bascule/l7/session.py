@@ -410,16 +410,17 @@ class HttpSession(asyncio.Protocol):
             else:
                 self.close_gracefully()
             return
+        self.resume_reading(UPSTREAM | BUFFER)
+        if self.pending:
+            # requests parsed before the one that broke are answered first, in order
+            request = self.pending.popleft()
+            if not self.pending and self._broken is None:
+                self.resume_reading(PIPELINE)
+            self._start(request)
+            return
         if self._broken is not None:
             err, self._broken = self._broken, None
             self.send_error(err.status, err.reason)
-            return
-        self.resume_reading(UPSTREAM | BUFFER)
-        if self.pending:
-            request = self.pending.popleft()
-            if not self.pending:
-                self.resume_reading(PIPELINE)
-            self._start(request)
             return
         self.resume_reading(PIPELINE)
         if self._parsing is None and not self.header_deadline:

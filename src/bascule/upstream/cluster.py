@@ -227,7 +227,9 @@ class Cluster:
                 old = endpoint
                 endpoint = make_endpoint(spec)
                 if old is not None:
-                    endpoint.check_ok, endpoint.healthy = old.check_ok, old.healthy
+                    # The checks' verdict carries over; an ejection does not (the detector
+                    # forgets the old object and its restore timer, below).
+                    endpoint.check_ok = endpoint.healthy = old.check_ok
             endpoints.append(endpoint)
         kept = set(endpoints)
         for old in self.endpoints:

@@ -25,18 +25,15 @@ from typing import Any
 import yaml
 
 from bascule.config.schema import ClusterConfig, DiscoveryConfig, EndpointConfig
+from bascule.config.units import format_address
 
 EndpointSpec = dict[str, Any]
 OnChange = Callable[[str, list[EndpointSpec]], None]
 
 
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _static(cluster: ClusterConfig) -> list[EndpointSpec]:
     return [
-        e.model_dump(mode="json", exclude_defaults=True) | {"address": _authority(*e.address)}
+        e.model_dump(mode="json", exclude_defaults=True) | {"address": format_address(e.address)}
         for e in cluster.endpoints
     ]
 
@@ -114,7 +111,7 @@ class Discovery:
             endpoint = EndpointConfig.model_validate(item)  # the same rules as the config's
             endpoints.append(
                 endpoint.model_dump(mode="json", exclude_defaults=True)
-                | {"address": _authority(*endpoint.address)}
+                | {"address": format_address(endpoint.address)}
             )
         self._file_stamp[name] = stamp
         return endpoints
@@ -149,7 +146,7 @@ async def resolve(spec: DiscoveryConfig) -> list[EndpointSpec]:
     if spec.record != "SRV":
         assert spec.port is not None
         return [
-            {**defaults, "address": _authority(a, spec.port)}
+            {**defaults, "address": format_address((a, spec.port))}
             for a in await addresses(spec.dns, spec.record)
         ]
     answer = await resolver.resolve(spec.dns, "SRV")
@@ -161,7 +158,7 @@ async def resolve(spec: DiscoveryConfig) -> list[EndpointSpec]:
     seen: set[str] = set()
     for r in sorted(records, key=lambda r: (r.priority, str(r.target), r.port)):
         for a in await addresses(str(r.target), "A+AAAA"):
-            address = _authority(a, r.port)
+            address = format_address((a, r.port))
             if address in seen:
                 continue
             seen.add(address)

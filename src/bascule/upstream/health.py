@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bascule.config.schema import ClusterConfig, EndpointConfig, HealthCheckConfig
+from bascule.config.units import format_address
 
 MAX_RESPONSE = 64 * 1024  # bytes of an HTTP check's response that are read and searched
 
@@ -183,7 +184,7 @@ async def probe(target: CheckTarget) -> tuple[bool, str]:
 async def _probe_http(target: CheckTarget) -> tuple[bool, str]:
     reader, writer = await asyncio.open_connection(target.host, target.port)
     try:
-        host = target.host_header or _authority(target.host, target.port)
+        host = target.host_header or format_address((target.host, target.port))
         writer.write(
             f"{target.method} {target.path} HTTP/1.1\r\nHost: {host}\r\n"
             "User-Agent: bascule-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode(
@@ -213,10 +214,6 @@ async def _probe_http(target: CheckTarget) -> tuple[bool, str]:
         if target.expect_body not in body:
             return False, f"status {status}, body does not contain the expected text"
     return True, f"status {status}"
-
-
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def status_ranges(texts: Sequence[str]) -> tuple[tuple[int, int], ...]:
@@ -262,7 +259,7 @@ def cluster_targets(
         listed = (endpoints or {}).get(cluster.name, cluster.endpoints)
         for endpoint in listed:
             host, port = endpoint.address
-            key = f"{cluster.name}/{_authority(host, port)}"
+            key = f"{cluster.name}/{format_address((host, port))}"
             if endpoint.check_address is not None:
                 host, port = endpoint.check_address
                 targets.append(
