@@ -79,6 +79,7 @@ class ServiceManager:
         self._values: dict[str, dict[str, str]] = {}  # service → endpoint address → slot value
         self._lb_macs: dict[str, str] = {}
         self._health: dict[str, bool] = {}
+        self._unpin: dict[str, set[str]] = {}  # service → MACs of dead endpoints still pinned
         self._tables: set[TableId] = set()
         self.last_program = ""  # the last transaction applied, for logs and tests
         self.flushed = 0  # UDP conntrack entries flushed so far, for logs and tests
@@ -103,18 +104,14 @@ class ServiceManager:
             self._flush_gone(old, old_health, states, health)
             return self.last_program
         slots = "".join(nft.slot_diff(old[s.service.name], s) for s in states)
-        unpin = "".join(self._unpin_dead(s, health) for s in states)
-        program = slots + unpin
-        try:
-            apply.run_nft(program, self.netns)
-        except apply.PacketError:
-            if not unpin:
-                raise
-            # A listed flow expired before the transaction ran (nft 1.0.6 has no `destroy`,
-            # and deleting a missing element fails the whole transaction): slots first.
-            program = slots
-            apply.run_nft(program, self.netns)
+        for state in states:
+            self._note_dead(state, health)
+        # Slots first: once no slot names a dead endpoint, no new flow can be pinned to it,
+        # so the flows listed afterwards are all there is to unpin.
+        if slots:
+            apply.run_nft(slots, self.netns)
         self._commit(states, health)
+        program = slots + self._unpin_dead()
         self.last_program = program
         self._flush_gone(old, old_health, states, health)
         return program
@@ -180,20 +177,45 @@ class ServiceManager:
             )
         return states
 
-    def _unpin_dead(self, after: ServiceState, health: Mapping[str, bool]) -> str:
+    def _note_dead(self, after: ServiceState, health: Mapping[str, bool]) -> None:
+        """Remember the MACs of DSR endpoints that just went down: their flows must go."""
         service = after.service
         if not nft.has_flow_map(service):
-            return ""
+            return
         dead = {
             self._values[service.name][e.address]
             for e in service.endpoints
             if not health.get(health_key(service, e.address), True)
             and self._health.get(health_key(service, e.address), True)
         }
-        if not dead:
-            return ""
-        flows = apply.list_flows(service, self.netns)
-        return nft.flow_deletes(service, [(a, p) for a, p, mac in flows if mac in dead])
+        if dead:
+            self._unpin.setdefault(service.name, set()).update(dead)
+
+    def _unpin_dead(self, attempts: int = 3) -> str:
+        """Delete the flows pinned to dead endpoints; what fails is tried again next time.
+
+        A listed flow may expire before the delete runs, and deleting a missing element
+        fails the whole transaction (nft 1.0.6 has no `destroy`): list again and retry.
+        """
+        done = []
+        for name, dead in list(self._unpin.items()):
+            state = self._states.get(name)
+            if state is None:
+                del self._unpin[name]
+                continue
+            service = state.service
+            for _ in range(attempts):
+                flows = apply.list_flows(service, self.netns)
+                deletes = nft.flow_deletes(service, [(a, p) for a, p, mac in flows if mac in dead])
+                try:
+                    if deletes:
+                        apply.run_nft(deletes, self.netns)
+                except apply.PacketError:
+                    continue
+                done.append(deletes)
+                del self._unpin[name]
+                break
+        return "".join(done)
 
     def _flush_gone(
         self,

@@ -104,6 +104,7 @@ class PacketRuntime:
         self.health: dict[str, bool] = {}
         self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._inflight: asyncio.Future[str] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._transparent_up = False
         self.checker: ActiveChecker | None = None
@@ -139,6 +140,9 @@ class PacketRuntime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._inflight is not None:
+            await asyncio.gather(self._inflight, return_exceptions=True)  # a reconcile's thread
+            self._inflight = None
         async with self._lock:
             with contextlib.suppress(OSError):
                 status_path(self.netns).unlink()
@@ -180,9 +184,12 @@ class PacketRuntime:
             self._changed.clear()
             async with self._lock:
                 try:
-                    program = await asyncio.to_thread(
-                        self.manager.reconcile, self.services, dict(self.health)
+                    # Kept: a cancelled task does not stop the thread, and stop() must wait
+                    # for it before tearing the tables down.
+                    self._inflight = asyncio.ensure_future(
+                        asyncio.to_thread(self.manager.reconcile, self.services, dict(self.health))
                     )
+                    program = await asyncio.shield(self._inflight)
                     self._write_status()
                     changed = program.count("\n")
                     self.printer(f"bascule: services: kernel updated ({changed} nft statements)")

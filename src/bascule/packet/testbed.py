@@ -320,10 +320,8 @@ def _build(bed: Testbed) -> None:
 
 
 def _existing_namespaces() -> set[str]:
-    try:
-        out = run(["ip", "-j", "netns", "list"])
-    except TestbedError:
-        return set()
+    # An error propagates: answering "none" would make `down` forget namespaces that exist.
+    out = run(["ip", "-j", "netns", "list"])
     return {entry["name"] for entry in json.loads(out or "[]")}
 
 

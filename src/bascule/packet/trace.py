@@ -365,6 +365,12 @@ def prepare_realservers(bed: Testbed, vip: str = VIP) -> None:
         realserver.apply(realserver.plan(vip), netns=bed.ns(host))
 
 
+def undo_realservers(bed: Testbed, vip: str = VIP) -> None:
+    for host in bed.rs_hosts:
+        with contextlib.suppress(RuntimeError):  # already gone
+            realserver.apply(realserver.undo_plan(vip), netns=bed.ns(host))
+
+
 @contextlib.contextmanager
 def proxy(bed: Testbed, lifetime: float = 30.0, *, transparent: bool = False) -> Iterator[None]:
     """bascule's own HTTP proxy on VIP:80 in the LB namespace, forwarding to rs1 and rs2;
@@ -429,6 +435,7 @@ def trace(bed: Testbed, mode: Mode, protocol: str = "tcp") -> TraceResult:
             else:
                 if mode == "dsr":
                     prepare_realservers(bed)
+                    stack.callback(undo_realservers, bed)  # leave the testbed as found
                 program(bed, service(mode, protocol))
                 stack.callback(apply.remove, None, bed.ns("lb"))
             capture = Capture(bed)
