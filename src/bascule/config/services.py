@@ -42,7 +42,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _ip(value: str, what: str) -> str:
+def _ip(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be an IP address string, got {value!r}")
     try:
         return str(ipaddress.ip_address(value.strip()))
     except ValueError:
@@ -62,8 +64,6 @@ class ServiceEndpoint(_Model):
     @field_validator("address", mode="before")
     @classmethod
     def _address(cls, value: object) -> str:
-        if not isinstance(value, str):
-            raise ValueError(f"endpoint address must be an IP address string, got {value!r}")
         return _ip(value, "endpoint address")
 
     @field_validator("mac", mode="before")
@@ -118,8 +118,6 @@ class ServiceConfig(_Model):
     @field_validator("vip", mode="before")
     @classmethod
     def _vip(cls, value: object) -> str:
-        if not isinstance(value, str):
-            raise ValueError(f"vip must be an IP address string, got {value!r}")
         return _ip(value, "vip")
 
     @field_validator("interface")
