@@ -7,6 +7,9 @@ Rules of this module:
 - A retry happens only for idempotent methods (RFC 9110 §9.2.2), before any response byte
   reached the client, when the request body is empty or wholly held, to an endpoint not yet
   tried, at most `retries.attempts` times (seed 003 §5).
+- A backend connection returns to its pool only when exactly the framed request body was
+  sent (`_request_fully_sent`) and the whole response was read: a connection left mid-request
+  would run the rest of that body, or eat the start of the next client's request.
 - Framing is decided here, per hop: the client's Content-Length passes through, a chunked
   body is re-chunked (or sent with a Content-Length when it is already complete), and a
   response is sent with its Content-Length, chunked, or close-delimited for HTTP/1.0 clients.
@@ -98,6 +101,8 @@ class Exchange:
     __slots__ = (
         "_head",
         "_task",
+        "body_declared",
+        "body_sent",
         "bytes_sent",
         "client_chunked",
         "close_after",
@@ -149,6 +154,8 @@ class Exchange:
         self.out: list[bytes] = []
         self.status = 0
         self.bytes_sent = 0
+        self.body_sent = 0  # request body bytes written upstream on the current connection
+        self.body_declared = 0  # what the upstream head framed: a length, or -1 for chunked
         self.client_chunked = False
         self.until_close = False
         self.close_after = False
@@ -433,8 +440,11 @@ class Exchange:
             request.body_buffered = 0
             if request.method in IDEMPOTENT_METHODS:
                 self.replay = body
+            length = sum(map(len, body))
             if not self._head or not request.host_raw:  # a synthesized Host names the endpoint
-                self._head = self._request_head(sum(map(len, body)), False)
+                self._head = self._request_head(length, False)
+            self.body_declared = request.content_length if request.framing == LENGTH else length
+            self.body_sent = length
             if body:
                 transport.writelines([self._head, *body])
             else:
@@ -444,10 +454,13 @@ class Exchange:
             self._head = self._request_head(0, request.framing == CHUNKED)
             out = [self._head]
             if request.framing == CHUNKED:
+                self.body_declared = -1
                 for chunk in request.body:
                     out += (b"%x\r\n" % len(chunk), chunk, _CRLF)
             else:
+                self.body_declared = request.content_length
                 out.extend(request.body)
+            self.body_sent = request.body_buffered
             request.body.clear()
             request.body_buffered = 0
             transport.writelines(out)
@@ -466,6 +479,7 @@ class Exchange:
         request = self.request
         conn = self.conn
         if conn is not None and conn.transport is not None:
+            self.body_sent += len(data)
             if request.framing == CHUNKED:
                 conn.transport.writelines((b"%x\r\n" % len(data), data, _CRLF))
             else:
@@ -709,12 +723,20 @@ class Exchange:
             self.out.append(LAST_CHUNK)
         self.flush()
         self.response_done = True
-        self._release_upstream(conn.keep_alive and self.request_sent, self.status < 500)
+        self._release_upstream(conn.keep_alive and self._request_fully_sent(), self.status < 500)
         if self.request.complete:
             self._finish()
         else:
             # The answer came before the whole request: drop the rest of the body, then go on.
             self.session.resume_reading(_UPSTREAM | _BUFFER)
+
+    def _request_fully_sent(self) -> bool:
+        """Exactly the framed request body went upstream: a length-framed body to its last
+        byte, a chunked one to its last chunk (which is what sets `request_sent`)."""
+        if not self.request_sent:
+            return False
+        declared = self.body_declared
+        return declared < 0 or self.body_sent == declared
 
     def _release_upstream(self, reusable: bool, ok: bool = False) -> None:
         """Give the connection back (to its pool, or closed) and the endpoint its verdict."""

@@ -9,6 +9,10 @@ Rules of this module:
   nothing, the timer re-arms itself to the earliest one when it fires.
 - A bad request earns its status (400, 408, 413, 414, 431, 501), an access-log line and a
   graceful close; it never touches another connection.
+- A body is always read as a body. llhttp skips the body of a request that asks for an
+  upgrade (`Connection: upgrade` + `Upgrade`); bascule serves such a request as plain HTTP
+  (RFC 9110 §7.8), so it decodes that body itself (`_own_body`) before parsing on, and the
+  body can never run as the client's next request (issue 13: request smuggling).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Final
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from bascule.codec.chunked import ChunkedDecoder
 from bascule.codec.headers import connection_tokens, forwarded_element
 from bascule.codec.http1 import (
     CHUNKED,
@@ -57,6 +62,8 @@ _SPECIAL: Final = frozenset(
 
 class HttpSession(asyncio.Protocol):
     __slots__ = (
+        "_body_left",
+        "_body_reader",
         "_broken",
         "_closing",
         "_error",
@@ -68,6 +75,7 @@ class HttpSession(asyncio.Protocol):
         "_identity_host",
         "_in_head",
         "_linger",
+        "_own_body",
         "_parsing",
         "_paused",
         "_timer",
@@ -108,6 +116,10 @@ class HttpSession(asyncio.Protocol):
         self._paused = 0
         self._closing = False
         self._linger: asyncio.TimerHandle | None = None
+        # the request whose body bascule decodes itself (see the module rules)
+        self._own_body: Request | None = None
+        self._body_reader: ChunkedDecoder | None = None  # chunked; else `_body_left` bytes
+        self._body_left = 0
         self._error: ProtocolError | None = None
         self._broken: ProtocolError | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -142,12 +154,17 @@ class HttpSession(asyncio.Protocol):
         if self._closing:
             return
         self.last_read = self.loop.time()
+        if self._own_body is not None:
+            data = self._feed_own_body(data)
+            if not data:
+                return
         heads_before = self._heads
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
             # `Connection: upgrade` made llhttp stop after the head. bascule strips Upgrade and
-            # serves the request as plain HTTP, so parse what follows as the next request.
+            # serves the request as plain HTTP: its body (if any) is decoded by `_own_body`,
+            # then what follows is parsed as the next request by a fresh parser.
             offset = e.args[0] if e.args else len(data)
             self.parser = HttpRequestParser(self)
             if offset < len(data) and not self._closing:
@@ -251,6 +268,13 @@ class HttpSession(asyncio.Protocol):
         if request.framing:
             self.body_deadline = now + self.ctx.timeouts.request_body
             self.arm(self.body_deadline)
+            if parser.should_upgrade():
+                # llhttp will skip this body and call the message complete: read it ourselves.
+                self._own_body = request
+                if request.framing == CHUNKED:
+                    self._body_reader = ChunkedDecoder(self.ctx.limits.max_header_size)
+                else:
+                    self._body_left = request.content_length
         else:
             request.complete = True  # nothing follows the head: it can be sent (and retried) whole
         if self.exchange is None and not self.pending:
@@ -276,6 +300,8 @@ class HttpSession(asyncio.Protocol):
             request.body_buffered += len(body)
 
     def on_message_complete(self) -> None:
+        if self._own_body is not None:
+            return  # llhttp's word for a body it skipped: `_feed_own_body` ends this message
         self._in_head = True
         self._head_bytes = 0
         request = self._parsing
@@ -289,6 +315,32 @@ class HttpSession(asyncio.Protocol):
         exchange = self.exchange
         if exchange is not None and exchange.request is request:
             exchange.on_request_complete()
+
+    def _feed_own_body(self, data: bytes) -> bytes:
+        """Decode the body llhttp skipped; returns the bytes after it (b"" while it goes on)."""
+        reader = self._body_reader
+        try:
+            if reader is not None:
+                pieces, done, rest = reader.feed(data)
+                for piece in pieces:
+                    self.on_body(piece)
+            else:
+                take = min(self._body_left, len(data))
+                self._body_left -= take
+                done = not self._body_left
+                rest = data[take:]
+                if take:
+                    self.on_body(data[:take] if rest else data)
+        except ProtocolError as err:
+            self._error = None
+            self._own_body = self._body_reader = None
+            self._protocol_error(err)
+            return b""
+        if not done:
+            return b""
+        self._own_body = self._body_reader = None
+        self.on_message_complete()
+        return b"" if self._closing else rest
 
     # ------------------------------------------------------------ request head rules
 
