@@ -17,10 +17,10 @@ import time
 import uvloop
 
 from bascule.config.schema import Config
-from bascule.control.access_log import AccessLog
 from bascule.l7.context import ListenerContext
 from bascule.l7.session import HttpSession
 from bascule.l7.upstream import UpstreamConnection
+from bascule.observe.access_log import AccessLog
 from bascule.upstream.cluster import Cluster
 
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n"

@@ -214,7 +214,7 @@ class DiscoveryConfig(Model):
 
 class ClusterConfig(Model):
     name: Name
-    balancer: str = "round_robin"  # any name in bascule.upstream.balancers.BALANCERS
+    balancer: str = "round_robin"  # any name in bascule.balance.BALANCERS
     balancer_options: dict[str, int | float | None] = {}
     hash_key: HashKey | None = None  # what keyed balancers hash
     endpoints: list[EndpointConfig] = []  # at least one, unless `discovery` finds them
@@ -234,7 +234,7 @@ class ClusterConfig(Model):
     @field_validator("balancer")
     @classmethod
     def _known_balancer(cls, value: str) -> str:
-        from bascule.upstream.balancers import BALANCERS
+        from bascule.balance import BALANCERS
 
         if value not in BALANCERS:
             raise ValueError(f"unknown balancer {value!r}; known: {', '.join(sorted(BALANCERS))}")
@@ -242,7 +242,7 @@ class ClusterConfig(Model):
 
     @model_validator(mode="after")
     def _balancer_setup(self) -> ClusterConfig:
-        from bascule.upstream.balancers import KEYED, make_balancer
+        from bascule.balance import KEYED, make_balancer
 
         if self.balancer_options:
             try:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from bascule.codec.headers import TrustedNetworks
 from bascule.config.schema import ListenerConfig
-from bascule.control.access_log import AccessLog
 from bascule.l7.router import Router
+from bascule.observe.access_log import AccessLog
 from bascule.upstream.cluster import Cluster
 
 if TYPE_CHECKING:

@@ -48,11 +48,11 @@ from bascule.l7.upstream import UpstreamConnection
 from bascule.upstream.cluster import COOKIE, HEADER, QUERY, SOURCE_IP, URI
 
 if TYPE_CHECKING:
+    from bascule.balance.base import Accept
+    from bascule.balance.endpoint import Endpoint
     from bascule.l7.request import Request
     from bascule.l7.session import HttpSession
-    from bascule.upstream.balancers.base import Accept
     from bascule.upstream.cluster import Cluster
-    from bascule.upstream.endpoint import Endpoint
 
 INF: Final = float("inf")
 _BUFFER_HIGH: Final = 64 * 1024

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from httptools import HttpParserError, HttpResponseParser
 
 if TYPE_CHECKING:
+    from bascule.balance.endpoint import Endpoint
     from bascule.l7.exchange import Exchange
-    from bascule.upstream.endpoint import Endpoint
     from bascule.upstream.pool import Pool
 
 

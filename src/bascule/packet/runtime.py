@@ -35,6 +35,7 @@ from pathlib import Path
 
 from bascule.config.schema import Config
 from bascule.config.services import ServiceConfig
+from bascule.errors import StartupError
 from bascule.packet import apply, transparent
 from bascule.packet.manager import ServiceManager, health_key
 from bascule.upstream.health import ActiveChecker, CheckTarget
@@ -202,8 +203,6 @@ async def start_packet(config: Config, printer: Printer = print) -> PacketRuntim
     wants_transparent = any(c.source_address == "client" for c in config.clusters)
     if not config.services and not wants_transparent:
         return None
-    from bascule.runtime.supervisor import StartupError
-
     runtime = PacketRuntime(config.services, transparent=wants_transparent, printer=printer)
     try:
         await runtime.start()

@@ -24,16 +24,13 @@ from typing import Any
 
 from bascule.config.schema import Config, EndpointConfig, ListenerConfig
 from bascule.control.admin import AdminServer, cluster_view
+from bascule.errors import StartupError
 from bascule.runtime import channel
 from bascule.runtime.worker import Worker
 from bascule.upstream.discovery import Discovery
 from bascule.upstream.health import ActiveChecker, cluster_targets
 
 Printer = Callable[[str], None]
-
-
-class StartupError(Exception):
-    """Something the user must fix before bascule can serve (a port in use, say)."""
 
 
 def bind_listener(spec: ListenerConfig) -> socket.socket:

@@ -23,9 +23,9 @@ import socket
 import sys
 
 from bascule.config.schema import Config
-from bascule.control.access_log import AccessLog
 from bascule.l7.context import ListenerContext
 from bascule.l7.session import HttpSession
+from bascule.observe.access_log import AccessLog
 from bascule.runtime import channel
 from bascule.upstream.cluster import Cluster
 

@@ -23,10 +23,10 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from bascule.balance import KEYED, Balancer, make_balancer
+from bascule.balance.base import Accept
+from bascule.balance.endpoint import Endpoint
 from bascule.config.schema import ClusterConfig, EndpointConfig
-from bascule.upstream.balancers import KEYED, Balancer, make_balancer
-from bascule.upstream.balancers.base import Accept
-from bascule.upstream.endpoint import Endpoint
 from bascule.upstream.outlier import OutlierDetector
 from bascule.upstream.pool import Pool
 
