@@ -3,6 +3,8 @@
 Rules of this module:
 - Built once per config snapshot per worker; sessions read it and never change it, except
   the live set of sessions (for draining) and the `draining` flag.
+- The Connector is a port: the worker's opens real sockets, a test's (bascule.testing) hands
+  over scripted transports.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from bascule.config.schema import ListenerConfig
 from bascule.l7.router import Router
 from bascule.observe.access_log import AccessLog
 from bascule.upstream.cluster import Cluster
+from bascule.upstream.connect import Connector, Connects
 
 if TYPE_CHECKING:
     from bascule.l7.session import HttpSession
@@ -24,6 +27,7 @@ class ListenerContext:
     __slots__ = (
         "access_log",
         "clusters",
+        "connector",
         "draining",
         "forwarded",
         "limits",
@@ -45,6 +49,7 @@ class ListenerContext:
         clusters: dict[str, Cluster],
         access_log: AccessLog,
         loop: asyncio.AbstractEventLoop,
+        connector: Connects | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -56,6 +61,7 @@ class ListenerContext:
         self.trusted = TrustedNetworks(spec.trusted_proxies)
         self.access_log = access_log
         self.loop = loop
+        self.connector: Connects = connector if connector is not None else Connector(loop)
         self.server_name = spec.server_name
         self.via = f"1.1 {spec.server_name}".encode()
         self.via_line = b"Via: %s\r\n" % self.via

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -69,22 +68,6 @@ _RESPONSE_FIELDS: Final = re.compile(
     rb"\n(connection|keep-alive|proxy-connection|te|transfer-encoding|upgrade|trailer"
     rb"|proxy-authenticate|proxy-authorization|content-length):"
 )
-
-
-def _transparent_socket(client: str) -> socket.socket:
-    """A socket bound to the client's address, which is not ours: IP_TRANSPARENT allows it."""
-    v6 = ":" in client
-    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
-    try:
-        # IPV6_TRANSPARENT (75) is missing from Python's socket module.
-        level = socket.IPPROTO_IPV6 if v6 else socket.SOL_IP
-        sock.setsockopt(level, 75 if v6 else socket.IP_TRANSPARENT, 1)
-        sock.setblocking(False)
-        sock.bind((client, 0))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def _drop_fields(block: bytes, names: frozenset[bytes]) -> bytes:
@@ -245,7 +228,7 @@ class Exchange:
             assert isinstance(conn, UpstreamConnection)
             self._attach(conn)
             return
-        self._task = self.loop.create_task(self._connect(cluster, endpoint))
+        self._connect(cluster, endpoint)
 
     def _pick_extended(self, cluster: Cluster) -> Endpoint | None:
         """Pick with a key, a sticky cookie and the cluster's limits; None when answered
@@ -372,54 +355,27 @@ class Exchange:
         cluster.queue_timeouts += 1
         self.respond_error(503, f"no endpoint of cluster {cluster.name} freed up in time")
 
-    async def _connect(self, cluster: Cluster, endpoint: Endpoint) -> None:
+    def _connect(self, cluster: Cluster, endpoint: Endpoint) -> None:
         pool = cluster.pools[endpoint]
         loop = self.loop
-        pool.open += 1  # counted from the first SYN; the connection takes it over
-        sock = None  # transparent proxying's own socket, until a transport owns it
-        conn: UpstreamConnection | None = None
-        try:
-            async with asyncio.timeout(cluster.spec.timeouts.connect):
-                if cluster.spec.source_address == "client":
-                    # Transparent proxying (packet/transparent.py): connect from the client's
-                    # own address; bascule's marks and policy routing hand the endpoint's
-                    # replies to this socket. Such clusters pool nothing (see Cluster).
-                    sock = _transparent_socket(self.session.peer)
-                    await loop.sock_connect(sock, (endpoint.host, endpoint.port))
-                    _, conn = await loop.create_connection(
-                        lambda: UpstreamConnection(pool, endpoint, loop), sock=sock
-                    )
-                else:
-                    _, conn = await loop.create_connection(
-                        lambda: UpstreamConnection(pool, endpoint, loop),
-                        endpoint.host,
-                        endpoint.port,
-                    )
-        except TimeoutError:
-            if self.endpoint is endpoint and not self.finished:
-                self.upstream_error(504, f"connect to {endpoint.address} timed out", True)
-            return
-        except OSError as e:
-            if self.endpoint is endpoint and not self.finished:
-                reason = e.strerror or str(e)
-                self.upstream_error(502, f"connect to {endpoint.address}: {reason}", True)
-            return
-        finally:
+
+        def done(conn: UpstreamConnection | None, status: int, reason: str) -> None:
             if conn is None:
-                pool.open -= 1
-                if sock is not None:
-                    sock.close()
-        pool.created += 1
-        conn.counted = True  # from here the connection gives back its place in `pool.open`
-        if conn.closed:  # lost before it was handed over: as a connect failure
-            pool.open -= 1
-            if self.endpoint is endpoint and not self.finished:
-                self.upstream_error(502, f"{endpoint.address} closed the new connection", True)
-            return
-        if self.finished or self.endpoint is not endpoint:
-            pool.release(conn, loop.time())  # a fresh connection is still good for the next
-            return
-        self._attach(conn)
+                if self.endpoint is endpoint and not self.finished:
+                    self.upstream_error(status, reason, True)
+            elif self.finished or self.endpoint is not endpoint:
+                pool.release(conn, loop.time())  # a fresh connection is still good for the next
+            else:
+                self._attach(conn)
+
+        self._task = self.ctx.connector.open(
+            pool,
+            endpoint,
+            lambda: UpstreamConnection(pool, endpoint, loop),
+            done,
+            timeout=cluster.spec.timeouts.connect,
+            client=self.session.peer,
+        )
 
     # ------------------------------------------------------------ request to upstream
 

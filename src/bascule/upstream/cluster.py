@@ -28,7 +28,7 @@ from bascule.balance.base import Accept
 from bascule.balance.endpoint import Endpoint
 from bascule.config.schema import ClusterConfig, EndpointConfig
 from bascule.upstream.outlier import OutlierDetector
-from bascule.upstream.pool import Pool
+from bascule.upstream.pool import CLIENT, Pool, PoolKey
 
 # What a keyed balancer hashes (`hash_kind`).
 SOURCE_IP = 1
@@ -56,6 +56,7 @@ class Cluster:
         "hash_kind",
         "hash_name",
         "keyed",
+        "loop",
         "max_connections",
         "max_pending",
         "max_requests",
@@ -74,12 +75,13 @@ class Cluster:
     def __init__(self, spec: ClusterConfig) -> None:
         self.spec = spec
         self.name = spec.name
+        self.loop: asyncio.AbstractEventLoop | None = None  # the running one unless set
         self.endpoints: tuple[Endpoint, ...] = tuple(make_endpoint(e) for e in spec.endpoints)
         self.by_address = {e.address: e for e in self.endpoints}
         self.balancer: Balancer = make_balancer(
             spec.balancer, self.endpoints, **spec.balancer_options
         )
-        self.pools: dict[Endpoint, Pool] = {e: self._new_pool() for e in self.endpoints}
+        self.pools: dict[Endpoint, Pool] = {e: self._new_pool(e) for e in self.endpoints}
         self.keyed = spec.balancer in KEYED
         self.hash_kind = 0
         self.hash_name = b""
@@ -122,11 +124,12 @@ class Cluster:
             or self.outlier is not None
         )
 
-    def _new_pool(self) -> Pool:
+    def _new_pool(self, endpoint: Endpoint) -> Pool:
         # A transparent connection leaves from one client's address: it must never carry
-        # another client's request, so such clusters keep no idle connections.
-        transparent = self.spec.source_address == "client"
-        return Pool(0 if transparent else self.spec.pool.max_idle, self.spec.pool.idle_timeout)
+        # another client's request (the key's source says so, and such pools keep nothing).
+        source = CLIENT if self.spec.source_address == "client" else ""
+        key = PoolKey(endpoint.host, endpoint.port, source)
+        return Pool(key, self.spec.pool.max_idle, self.spec.pool.idle_timeout)
 
     def pick(self, key: bytes | None = None, accept: Accept | None = None) -> Endpoint | None:
         return self.balancer.pick(key, accept)
@@ -142,7 +145,7 @@ class Cluster:
         if self.waiting:
             # Soon, not now: the releasing exchange has yet to return its connection to the
             # pool, and the waiter should reuse it rather than open another.
-            asyncio.get_running_loop().call_soon(self.wake_one)
+            (self.loop or asyncio.get_running_loop()).call_soon(self.wake_one)
 
     def wake_one(self) -> None:
         """Give a freed slot to the oldest waiter still there."""
@@ -242,7 +245,7 @@ class Cluster:
                     self.outlier.forget(old)
         for endpoint in endpoints:
             if endpoint not in self.pools:
-                self.pools[endpoint] = self._new_pool()
+                self.pools[endpoint] = self._new_pool(endpoint)
         # Pools of retired endpoints stay until their exchanges are done, then go.
         for old in [e for e in self.pools if e not in kept and e.active == 0]:
             del self.pools[old]
