@@ -5,8 +5,8 @@ Rules of this module:
 - Names are compared lower-cased (bytes); values are passed through byte for byte.
 - Client-supplied forwarding headers are trusted only from `TrustedNetworks`; from anyone else
   they are dropped and replaced (RFC 7239 §8.1, seed 003 §3).
-- A field name is compared as a CGI/WSGI backend will read it too (`_` and `-` are one
-  variable there): an underscore spelling of an identity field never reaches a backend.
+- A field name is also compared as a CGI/WSGI backend reads it (`_` and `-` are one variable
+  there): an underscore spelling of an identity field never reaches a backend.
 - A Host that is not RFC 3986 `host [":" port]` is refused (400) before any route sees it.
 """
 
@@ -60,8 +60,23 @@ IDENTITY: Final = (FORWARDING - {b"via"}) | frozenset(
         b"x-cluster-client-ip",
     }
 )
-# Identity names as a CGI/WSGI backend spells them (HTTP_X_FORWARDED_FOR): `-` read as `_`.
-_IDENTITY_AS_CGI: Final = frozenset(name.replace(b"-", b"_") for name in IDENTITY)
+
+
+def _underscore_spellings(name: bytes) -> frozenset[bytes]:
+    """`x-real-ip` → `x_real_ip`, `x-real_ip`, `x_real-ip`: each `-` read as `_` or not."""
+    spellings = [b""]
+    for char in name:
+        if char == 0x2D:
+            spellings = [s + tail for s in spellings for tail in (b"-", b"_")]
+        else:
+            spellings = [s + bytes((char,)) for s in spellings]
+    return frozenset(spellings) - {name}
+
+
+# Every underscore spelling of an identity field, which CGI/WSGI backends read as the field
+# itself (HTTP_X_FORWARDED_FOR): dropped from every peer, as no proxy writes them. A set of
+# names, so the drop costs nothing beyond the lookup each forwarded field has anyway.
+UNDERSCORE_IDENTITY: Final = frozenset().union(*map(_underscore_spellings, IDENTITY))
 
 # `in` with an int needle: with a bytes needle it takes the buffer API, about 4 times slower.
 UNDERSCORE: Final = ord("_")
@@ -168,21 +183,20 @@ def cookie_values(fields: Iterable[bytes], name: bytes) -> list[bytes]:
 
 
 def drop_underscored(fields: list[Field], policy: str) -> list[Field]:
-    """The fields to keep when some names hold `_`: `policy` is `headers_with_underscores`.
+    """The fields to keep under `headers_with_underscores: drop` or `reject`.
 
-    `allow` drops only the underscore spellings of identity fields (`X_Forwarded_For`,
-    `X-Real_IP`), from every peer: no proxy writes them, and a CGI/WSGI backend would read
-    them as the real field. `drop` drops every name with `_`; `reject` refuses the request.
+    `drop` removes every field whose name holds `_` (nginx's `underscores_in_headers off`);
+    `reject` refuses a request that has one. (`allow` keeps them; the underscore spellings of
+    identity fields are dropped on the way upstream whatever the policy.)
     """
+    for lname, _, _ in fields:
+        if UNDERSCORE in lname:
+            break
+    else:
+        return fields
     if policy == "reject":
         raise ProtocolError("header field name with an underscore")
-    if policy == "drop":
-        return [f for f in fields if UNDERSCORE not in f[0]]
-    return [
-        f
-        for f in fields
-        if UNDERSCORE not in f[0] or f[0].replace(b"-", b"_") not in _IDENTITY_AS_CGI
-    ]
+    return [f for f in fields if UNDERSCORE not in f[0]]
 
 
 # RFC 3986 reg-name: unreserved and sub-delims (pct-encoded is refused, see `route_host`).

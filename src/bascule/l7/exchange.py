@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final
 from bascule.codec.headers import (
     HOP_BY_HOP,
     IDENTITY,
+    UNDERSCORE_IDENTITY,
     client_from_xff,
     connection_tokens,
     cookie_values,
@@ -59,8 +60,10 @@ _BUFFER: Final = 4
 _CRLF: Final = b"\r\n"
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 # From a client outside trusted_proxies, every forwarding and identity field is replaced (Via
-# is kept: it records the path, not the client). Their underscore spellings are gone already.
-_DROP_UNTRUSTED: Final = HOP_BY_HOP | IDENTITY
+# is kept: it records the path, not the client). From any peer, the underscore spellings of
+# identity fields are dropped: a CGI/WSGI backend would read `X_Forwarded_For` as the real one.
+_DROP_UNTRUSTED: Final = HOP_BY_HOP | IDENTITY | UNDERSCORE_IDENTITY
+_DROP_TRUSTED: Final = HOP_BY_HOP | UNDERSCORE_IDENTITY
 # Response fields bascule re-frames or drops: hop-by-hop ones and Content-Length. Matched on a
 # lower-cased head (llhttp has refused whitespace before the colon and obs-fold already).
 _RESPONSE_FIELDS: Final = re.compile(
@@ -552,7 +555,9 @@ class Exchange:
         session = self.session
         ctx = self.ctx
         fwd = ctx.forwarded
-        drop = HOP_BY_HOP | request.conn_tokens | removed
+        drop = _DROP_TRUSTED
+        if request.conn_tokens or removed:
+            drop = drop | request.conn_tokens | removed
         lines: list[bytes] = []
         prior_xff: list[bytes] = []
         prior_fwd: list[bytes] = []

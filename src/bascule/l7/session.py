@@ -21,7 +21,6 @@ from typing import Final
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from bascule.codec.headers import (
-    UNDERSCORE,
     connection_tokens,
     drop_underscored,
     forwarded_element,
@@ -306,7 +305,6 @@ class HttpSession(asyncio.Protocol):
         lengths: list[bytes] = []
         codings: list[bytes] = []
         connection: list[bytes] = []
-        underscored = False
         for lname, _, value in request.headers:
             if lname in _SPECIAL:
                 if lname == b"host":
@@ -319,8 +317,6 @@ class HttpSession(asyncio.Protocol):
                     connection.append(value)
                 elif value.strip().lower() == b"100-continue":
                     request.expect_continue = True
-            elif UNDERSCORE in lname:
-                underscored = True
         if request.method == "CONNECT":
             raise ProtocolError("CONNECT is not supported by a reverse proxy", 501)
         if len(hosts) > 1:
@@ -346,7 +342,7 @@ class HttpSession(asyncio.Protocol):
             # body be read as a second request upstream (smuggling).
             request.conn_tokens = connection_tokens(connection) - _NOT_HOP_BY_HOP
         spec = self.ctx.spec
-        if underscored:
+        if spec.headers_with_underscores != "allow":
             request.headers = drop_underscored(request.headers, spec.headers_with_underscores)
         target = request.target
         if FRAGMENT in target:
