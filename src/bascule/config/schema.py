@@ -473,6 +473,11 @@ class ListenerConfig(Model):
     timeouts: ListenerTimeouts = ListenerTimeouts()
     limits: ListenerLimits = ListenerLimits()
     server_name: str = "bascule"  # the `by`/Via name of this proxy
+    # Request rules (codec/path.py, codec/headers.py); Envoy's names where it has them.
+    normalize_path: bool = True  # RFC 3986 normalisation of the path routes match and forward
+    merge_slashes: bool = True  # `//` becomes `/`
+    path_with_escaped_slashes: Literal["keep", "reject", "unescape"] = "keep"  # %2F and %5C
+    headers_with_underscores: Literal["allow", "drop", "reject"] = "allow"
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -23,8 +23,9 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from bascule.codec.headers import (
-    FORWARDING,
     HOP_BY_HOP,
+    IDENTITY,
+    UNDERSCORE_IDENTITY,
     client_from_xff,
     connection_tokens,
     cookie_values,
@@ -42,6 +43,7 @@ from bascule.codec.http1 import (
     response_has_body,
     simple_response,
 )
+from bascule.codec.path import resolve_path
 from bascule.l7.router import DIRECT, REDIRECT, Route
 from bascule.l7.upstream import UpstreamConnection
 from bascule.upstream.cluster import COOKIE, HEADER, QUERY, SOURCE_IP, URI
@@ -59,9 +61,11 @@ _UPSTREAM: Final = 2  # session pause reasons (see session.py)
 _BUFFER: Final = 4
 _CRLF: Final = b"\r\n"
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
-# From a client outside trusted_proxies, every forwarding field is replaced (Via is kept:
-# it records the path, not the client).
-_DROP_UNTRUSTED: Final = HOP_BY_HOP | (FORWARDING - {b"via"})
+# From a client outside trusted_proxies, every forwarding and identity field is replaced (Via
+# is kept: it records the path, not the client). From any peer, the underscore spellings of
+# identity fields are dropped: a CGI/WSGI backend would read `X_Forwarded_For` as the real one.
+_DROP_UNTRUSTED: Final = HOP_BY_HOP | IDENTITY | UNDERSCORE_IDENTITY
+_DROP_TRUSTED: Final = HOP_BY_HOP | UNDERSCORE_IDENTITY
 # Response fields bascule re-frames or drops: hop-by-hop ones and Content-Length. Matched on a
 # lower-cased head (llhttp has refused whitespace before the colon and obs-fold already).
 _RESPONSE_FIELDS: Final = re.compile(
@@ -477,6 +481,10 @@ class Exchange:
         target = request.target
         if route.rewrite_prefix is not None:
             path = route.rewrite(request.path)
+            spec = self.ctx.spec
+            if spec.normalize_path:
+                # `/api..` under a prefix `/api` rewritten to `/v1/` would be `/v1/..`
+                path = resolve_path(path, spec.merge_slashes)
             target = (path + ("?" + request.query if request.query else "")).encode("latin-1")
         edits = route.request_edits
         if session.trusted_peer:
@@ -517,7 +525,9 @@ class Exchange:
         session = self.session
         ctx = self.ctx
         fwd = ctx.forwarded
-        drop = HOP_BY_HOP | request.conn_tokens | removed
+        drop = _DROP_TRUSTED
+        if request.conn_tokens or removed:
+            drop = drop | request.conn_tokens | removed
         lines: list[bytes] = []
         prior_xff: list[bytes] = []
         prior_fwd: list[bytes] = []

@@ -25,7 +25,12 @@ from typing import Final
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from bascule.codec.chunked import ChunkedDecoder
-from bascule.codec.headers import connection_tokens, forwarded_element
+from bascule.codec.headers import (
+    connection_tokens,
+    drop_underscored,
+    forwarded_element,
+    route_host,
+)
 from bascule.codec.http1 import (
     CHUNKED,
     LENGTH,
@@ -35,6 +40,7 @@ from bascule.codec.http1 import (
     parse_transfer_encoding,
     simple_response,
 )
+from bascule.codec.path import FRAGMENT, normalize_path
 from bascule.l7.context import ListenerContext
 from bascule.l7.exchange import Exchange
 from bascule.l7.request import Request
@@ -345,7 +351,8 @@ class HttpSession(asyncio.Protocol):
     # ------------------------------------------------------------ request head rules
 
     def _check_head(self, request: Request) -> None:
-        """RFC 9112 framing and the listener's limits; raises ProtocolError with the status."""
+        """RFC 9112 framing, Host and path syntax, the listener's limits and request rules;
+        raises ProtocolError with the status. Leaves the path and target normalised."""
         hosts: list[bytes] = []
         lengths: list[bytes] = []
         codings: list[bytes] = []
@@ -386,31 +393,51 @@ class HttpSession(asyncio.Protocol):
             # A client may not make framing or Host "hop-by-hop": dropping them would let the
             # body be read as a second request upstream (smuggling).
             request.conn_tokens = connection_tokens(connection) - _NOT_HOP_BY_HOP
+        spec = self.ctx.spec
+        if spec.headers_with_underscores != "allow":
+            request.headers = drop_underscored(request.headers, spec.headers_with_underscores)
         target = request.target
+        if FRAGMENT in target:
+            # RFC 9112 §3.2: no fragment; servers differ on where the path ends if one is sent
+            raise ProtocolError("fragment (#) in the request target")
         if target[:1] != b"/":
             if target == b"*" and request.method == "OPTIONS":
                 pass
             elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
                 # absolute-form (RFC 9112 §3.2.2): its authority replaces Host
                 rest = target.split(b"://", 1)[1]
-                authority, slash, path = rest.partition(b"/")
-                authority = authority.rpartition(b"@")[2]  # no userinfo upstream
+                end = len(rest)
+                for delimiter in (b"/", b"?"):
+                    found = rest.find(delimiter)
+                    if 0 <= found < end:
+                        end = found
+                authority = rest[:end].rpartition(b"@")[2]  # no userinfo upstream
                 if not authority:
                     raise ProtocolError("absolute-form target without a host")
                 hosts = [authority]
                 # RFC 9112 §3.2.2: the target's authority replaces any Host field.
                 request.headers = [h for h in request.headers if h[0] != b"host"]
                 request.headers.append((b"host", b"Host", authority))
-                request.target = target = slash + path if slash else b"/"
+                path_and_query = rest[end:]
+                if path_and_query[:1] != b"/":
+                    path_and_query = b"/" + path_and_query
+                request.target = target = path_and_query
             else:
                 raise ProtocolError("invalid request target")
-        path, _, query = target.partition(b"?")
-        request.path = path.decode("latin-1")
+        raw_path, mark, query = target.partition(b"?")
+        request.path = path = raw_path.decode("latin-1")
         request.query = query.decode("latin-1")
+        if path != "*":
+            normal = normalize_path(
+                path, spec.normalize_path, spec.merge_slashes, spec.path_with_escaped_slashes
+            )
+            if normal != path:
+                # what the route matches is what goes upstream and into the access log
+                request.path = normal
+                request.target = normal.encode("latin-1") + mark + query
         if hosts:
             request.host_raw = hosts[0].strip()
-            host = request.host_raw.decode("latin-1").lower()
-            request.host = host[: host.find("]") + 1] if host[:1] == "[" else host.partition(":")[0]
+            request.host = route_host(request.host_raw)
 
     def identity(self, host: bytes) -> bytes:
         """The client-identity fields bascule adds for an untrusted client, per session.
