@@ -44,6 +44,7 @@ from bascule.codec.http1 import (
     simple_response,
 )
 from bascule.codec.path import resolve_path
+from bascule.l7.retry import may_retry
 from bascule.l7.router import DIRECT, REDIRECT, Route
 from bascule.l7.upstream import UpstreamConnection
 from bascule.upstream.cluster import COOKIE, HEADER, QUERY, SOURCE_IP, URI
@@ -777,13 +778,13 @@ class Exchange:
     def _can_retry(self) -> bool:
         cluster = self.cluster
         request = self.request
-        return (
-            cluster is not None
-            and self.retries < cluster.spec.retries.attempts
-            and not self.response_started
-            and request.complete
-            and request.method in IDEMPOTENT_METHODS
-            and (request.framing == NO_BODY or self.replay is not None)
+        return cluster is not None and may_retry(
+            self.retries,
+            cluster.spec.retries.attempts,
+            method=request.method,
+            response_started=self.response_started,
+            request_complete=request.complete,
+            body_replayable=request.framing == NO_BODY or self.replay is not None,
         )
 
     def check_deadlines(self, now: float) -> float:
