@@ -28,6 +28,27 @@ _TRAILER: Final = 3  # reading trailer fields up to the empty line
 _DONE: Final = 4
 
 
+_TOKEN: Final = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def _is_token(data: bytes) -> bool:
+    for c in data:
+        if c not in _TOKEN:
+            return False
+    return True
+
+
+def _is_ext_value(data: bytes) -> bool:
+    if len(data) >= 2 and data[0] == 0x22 and data[-1] == 0x22:  # a quoted string
+        for c in data[1:-1]:
+            if (c < 0x20 and c != 0x09) or c == 0x7F:
+                return False
+        return True
+    return bool(data) and _is_token(data)
+
+
 def _size_of(line: bytes) -> int:
     """The size of a chunk-size line (without CRLF): hex digits, then optional extensions."""
     digits, semi, ext = line.partition(b";")
@@ -37,9 +58,12 @@ def _size_of(line: bytes) -> int:
         if c not in _HEX:
             raise ProtocolError("bad chunk size")
     if semi:
-        for c in ext:
-            if (c < 0x20 and c != 0x09) or c == 0x7F:
-                raise ProtocolError("control character in a chunk extension")
+        # chunk-ext = *( ";" name [ "=" value ] ), name a token, value a token or a quoted
+        # string (RFC 9112 §7.1.1); llhttp refuses an empty one, so do we.
+        for item in ext.split(b";"):
+            name, eq, value = item.partition(b"=")
+            if not name or not _is_token(name) or (eq and not _is_ext_value(value)):
+                raise ProtocolError("bad chunk extension")
     return int(digits, 16)
 
 
