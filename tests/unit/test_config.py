@@ -693,6 +693,8 @@ def test_empty_file_is_an_empty_config(tmp_path: Path, content: str) -> None:
     assert load_config(path) == Config()
     (tmp_path / "bascule.toml").write_text(content.replace("---", ""))
     assert load_config(tmp_path / "bascule.toml") == Config()
+    (tmp_path / "bascule.json").write_text(content.replace("---", "").replace("# nothing yet", ""))
+    assert load_config(tmp_path / "bascule.json") == Config()
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -783,7 +785,10 @@ _CONFIG_ALPHABET = st.sampled_from([*"abc:-[]{}=,.\"'#&*!<> \n\t0123456789", *_W
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_CONFIG_ALPHABET, max_size=40).map("".join), st.sampled_from(["yaml", "toml"]))
+@given(
+    st.lists(_CONFIG_ALPHABET, max_size=40).map("".join),
+    st.sampled_from(["yaml", "toml", "json"]),
+)
 def test_any_text_gives_a_config_or_a_config_error(text: str, fmt: str) -> None:
     try:
         parse_config(text, "fuzz", fmt)  # type: ignore[arg-type]
@@ -986,6 +991,8 @@ def test_json_syntax_error_and_duplicate_key() -> None:
     assert error_of('{"workers": 1,\n "workers": 2}', "json", "b.json") == (
         "b.json:2 workers: duplicate key 'workers' (first at line 1)"
     )
+    deep = "[" * 100_000 + "]" * 100_000
+    assert error_of(deep, "json", "b.json") == "b.json: nested too deeply"
 
 
 @pytest.mark.parametrize("name", ["bascule.conf", "bascule", "bascule.yaml.bak"])

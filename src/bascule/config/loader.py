@@ -509,14 +509,16 @@ class _TomlScanner:
 
 
 def _load_json(text: str, filename: str) -> tuple[Any, LineMap]:
+    if not text.strip():
+        return None, {}  # an empty file is an empty config, as in YAML and TOML
+    lines: LineMap = {(): 1}
     try:
         data = json.loads(text)
+        _JsonScanner(text, filename, lines).value(())
     except json.JSONDecodeError as e:
         raise ConfigError(filename, e.lineno, "", e.msg[:1].lower() + e.msg[1:]) from None
     except RecursionError:
         raise ConfigError(filename, None, "", "nested too deeply") from None
-    lines: LineMap = {(): 1}
-    _JsonScanner(text, filename, lines).value(())
     return data, lines
 
 
