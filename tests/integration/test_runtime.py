@@ -238,6 +238,27 @@ def test_event_log_to_a_file_as_json_with_a_level(tmp_path: Path, backend: Backe
     assert f"\n  event log               {events_file} (json, warning and above)\n" in err
 
 
+def test_discovery_changes_are_events(
+    tmp_path: Path, backend: Backend, backend2: Backend
+) -> None:
+    port = free_port()
+    listed = tmp_path / "endpoints.yaml"
+    listed.write_text(yaml.safe_dump([{"address": backend.address}]))
+    config = proxy_config(port, [], cluster={"discovery": {"file": str(listed),
+                                                            "interval": "100ms"}})
+    proxy = Bascule(config, tmp_path, port=port).start()
+    try:
+        first = f"info    cluster c: 1 endpoint after discovery: {backend.address}\n"
+        assert _wait_for(lambda: first in proxy.stderr_text())
+        listed.write_text(yaml.safe_dump([{"address": a} for a in (backend.address,
+                                                                     backend2.address)]))
+        both = f"cluster c: 2 endpoints after discovery: {backend.address}, {backend2.address}"
+        assert _wait_for(lambda: both in proxy.stderr_text())
+    finally:
+        proxy.stop()
+    assert re.search(rf"^{_STAMP} info    {re.escape(both)}$", proxy.stderr_text(), re.M)
+
+
 def test_unwritable_event_log_is_a_clear_error(tmp_path: Path, backend: Backend) -> None:
     cfg = tmp_path / "b.yaml"
     config = proxy_config(free_port(), [backend.address])

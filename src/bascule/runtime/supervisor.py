@@ -238,7 +238,8 @@ class Supervisor:
         addresses = ", ".join(str(e.get("address")) for e in endpoints) or "none"
         events.info(
             "discovery",
-            f"cluster {cluster}: discovery found {len(endpoints)} endpoints: {addresses}",
+            f"cluster {cluster}: {len(endpoints)} endpoint{'' if len(endpoints) == 1 else 's'}"
+            f" after discovery: {addresses}",
             cluster=cluster,
             endpoints=len(endpoints),
         )
