@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--print-demo",
         action="store_true",
-        help="print the demo config and exit (without -c: it prints the demo, not your file)",
+        help="print the built-in demo config and exit (refused with -c)",
     )
     check = sub.add_parser("check", help="validate a config file; exit 0 when it is valid")
     check.add_argument("-c", "--config", required=True, help="config file to check")
