@@ -1,4 +1,4 @@
-"""What bascule tells about itself: the access log (later metrics and tracing).
+"""What bascule tells about itself: the access log, the event log (later metrics, tracing).
 
 Rules of this package:
 - Imported by the data plane (l7, listen, upstream), so it imports only config and codec.
