@@ -238,6 +238,10 @@ class Exchange:
         self.endpoint = endpoint
         endpoint.active += 1
         self.t_dispatch = time.monotonic()
+        if self.tried:
+            # Counted once an endpoint is there to retry on: a retry that found none left
+            # did not happen.
+            self.retries += 1
         self.tried.append(endpoint)
         pool = cluster.pools[endpoint]
         conn = pool.acquire()
@@ -803,7 +807,6 @@ class Exchange:
         self._release_upstream(False)
         self.out.clear()
         if retryable and self._can_retry():
-            self.retries += 1
             self._dispatch()
             return
         self.respond_error(status, reason)

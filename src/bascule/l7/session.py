@@ -66,6 +66,7 @@ class HttpSession(asyncio.Protocol):
         "_body_reader",
         "_broken",
         "_closing",
+        "_eof",
         "_error",
         "_head_bytes",
         "_head_size",
@@ -78,6 +79,7 @@ class HttpSession(asyncio.Protocol):
         "_own_body",
         "_parsing",
         "_paused",
+        "_paused_at",
         "_timer",
         "_timer_at",
         "_url",
@@ -114,6 +116,8 @@ class HttpSession(asyncio.Protocol):
         self._heads = 0  # heads parsed on this connection
         self._in_head = True
         self._paused = 0
+        self._paused_at = 0.0  # when reading last paused, to hold the head deadline meanwhile
+        self._eof = False  # the client half-closed: nothing more to read after what is parsed
         self._closing = False
         self._linger: asyncio.TimerHandle | None = None
         # the request whose body bascule decodes itself (see the module rules)
@@ -183,8 +187,10 @@ class HttpSession(asyncio.Protocol):
                 self._protocol_error(ProtocolError("request head too large", 431))
 
     def eof_received(self) -> bool | None:
-        # A client may half-close after its last request and still read the answer.
+        # A client may half-close after its last request and still read the answers: keep
+        # the socket open for them, and close once the last one is written (exchange_done).
         if self.exchange is not None and self._parsing is None:
+            self._eof = True
             return True
         return None
 
@@ -472,7 +478,12 @@ class HttpSession(asyncio.Protocol):
             return
         if self._broken is not None:
             err, self._broken = self._broken, None
+            self.log_local("-", self._url.decode("latin-1"), err.status, err.reason)
             self.send_error(err.status, err.reason)
+            return
+        if self._eof:
+            # A half-closed client sends nothing more: a head it started will never end.
+            self._close_now()
             return
         self.resume_reading(PIPELINE)
         if self._parsing is None and not self.header_deadline:
@@ -579,6 +590,7 @@ class HttpSession(asyncio.Protocol):
     def pause_reading(self, reason: int) -> None:
         if not self._paused and not self._closing:
             self.transport.pause_reading()
+            self._paused_at = self.loop.time()
         self._paused |= reason
 
     def resume_reading(self, reason: int) -> None:
@@ -586,6 +598,11 @@ class HttpSession(asyncio.Protocol):
             self._paused &= ~reason
             if not self._paused and not self._closing:
                 self.transport.resume_reading()
+                if self.header_deadline:
+                    # The rest of the head may have waited in the kernel while bascule did
+                    # not read: that time is bascule's, not the client's.
+                    self.header_deadline += self.loop.time() - self._paused_at
+                    self.arm(self.header_deadline)
 
     # ------------------------------------------------------------ deadlines
 
@@ -604,7 +621,7 @@ class HttpSession(asyncio.Protocol):
         now = self.loop.time()
         nxt = INF
         d = self.header_deadline
-        if d:
+        if d and not self._paused:  # held while paused; resume_reading moves and re-arms it
             if d <= now:
                 self.header_deadline = 0.0
                 if self.exchange is None:
@@ -632,6 +649,13 @@ class HttpSession(asyncio.Protocol):
                 if self.exchange is not None and self.exchange.request is self._parsing:
                     self.exchange.client_failed(408, "request body timeout")
                 else:
+                    parsing = self._parsing
+                    self.log_local(
+                        parsing.method,
+                        parsing.target.decode("latin-1"),
+                        408,
+                        "request body timeout",
+                    )
                     self.abort()
                 return
             nxt = min(nxt, d)
