@@ -37,6 +37,7 @@ from bascule.codec.http1 import (
 )
 from bascule.l7.context import ListenerContext
 from bascule.l7.exchange import Exchange
+from bascule.l7.http_date import HTTP_DATE
 from bascule.l7.request import Request
 
 INF: Final = float("inf")
@@ -511,7 +512,8 @@ class HttpSession(asyncio.Protocol):
         self.send_error(err.status, err.reason)
 
     def send_error(self, status: int, reason: str) -> None:
-        self.write(simple_response(status, error_body(status, reason), close=True))
+        body = error_body(status, reason)
+        self.write(simple_response(status, body, close=True, date=HTTP_DATE.value()))
         self.close_gracefully()
 
     def log_local(self, method: str, uri: str, status: int, error: str) -> None:

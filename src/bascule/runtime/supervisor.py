@@ -10,6 +10,8 @@ Rules of this module:
 - The control plane runs here, in this event loop: active health checks, discovery and the
   admin API. Their results reach workers through `channel` (stdin lines); workers report
   their counters back on a pipe of their own, and the admin API sums them.
+- Sticky clusters without a configured secret get one random key for this run, put into the
+  snapshot every worker gets (runtime/sticky.py): all workers honour each other's cookies.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from bascule.config.schema import Config, EndpointConfig, ListenerConfig
 from bascule.control.admin import AdminServer, cluster_view
 from bascule.errors import StartupError
 from bascule.runtime import channel
+from bascule.runtime.sticky import new_secret, with_sticky_secret
 from bascule.runtime.worker import Worker
 from bascule.upstream.discovery import Discovery
 from bascule.upstream.health import ActiveChecker, cluster_targets
@@ -60,7 +63,8 @@ class Supervisor:
         demo_backends: list[tuple[str, int, str]] | None = None,
         printer: Printer = print,
     ) -> None:
-        self.config = config
+        self.sticky_secret = new_secret()  # kept for the run: a reload must reuse it
+        self.config = with_sticky_secret(config, self.sticky_secret)
         self.demo_backends = demo_backends or []
         self.printer = printer
         self.sockets: dict[str, socket.socket] = {}
