@@ -105,7 +105,7 @@ def test_pipeline_paused_by_bascule_is_not_cut_by_the_head_timeout(tmp_path: Pat
         backend.stop()
 
 
-def test_head_timeout_behind_an_exchange_is_logged(tmp_path: Path) -> None:
+def test_every_408_is_access_logged(tmp_path: Path) -> None:
     def slow(h: BackendHandler, seen: Seen) -> None:
         time.sleep(1.0)
         echo(h, seen)
@@ -113,17 +113,29 @@ def test_head_timeout_behind_an_exchange_is_logged(tmp_path: Path) -> None:
     backend = Backend(slow)
     port = free_port()
     log = tmp_path / "access.log"
-    config = proxy_config(port, [backend.address], access_log=str(log),
-                          listener={"timeouts": {"request_header": "300ms"}})
+    config = proxy_config(port, [backend.address], access_log=str(log), listener={
+        "timeouts": {"request_header": "300ms", "request_body": "300ms"}})
     try:
-        with running(config, tmp_path, port), Client(port, timeout=10) as c:
-            # a whole request, then the start of a head that never ends
-            c.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHo")
-            assert c.response()[0] == 200
-            assert c.response()[0] == 408
-            entries = log_entries(log, 2)
-        assert [(e["status"], e["error"]) for e in entries] == [
-            (200, ""), (408, "request header timeout")]
+        with running(config, tmp_path, port):
+            with Client(port, timeout=10) as c:
+                # a whole request, then the start of a head that never ends: answered after
+                # the exchange in progress
+                c.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHo")
+                assert c.response()[0] == 200
+                assert c.response()[0] == 408
+            with Client(port, timeout=10) as c:  # a head that never ends, alone
+                c.send(b"GET /alone HTTP/1.1\r\nHo")
+                assert c.response()[0] == 408
+            with Client(port, timeout=10) as c:  # a body that stalls
+                c.send(b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+                assert c.response()[0] == 408
+            entries = log_entries(log, 4)
+        assert sorted((e["status"], e["uri"], e["error"]) for e in entries) == [
+            (200, "/first", ""),
+            (408, "/alone", "request header timeout"),
+            (408, "/body", "request body timeout"),
+            (408, "/second", "request header timeout"),
+        ]
     finally:
         backend.stop()
 
