@@ -7,10 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 from bascule.config.schema import Config
-from bascule.control.access_log import AccessLog
 from bascule.l7.context import ListenerContext
 from bascule.l7.session import HttpSession
 from bascule.l7.upstream import UpstreamConnection
+from bascule.observe.access_log import AccessLog
 from bascule.upstream.cluster import Cluster
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
