@@ -71,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
             if refusal is not None:
                 print(f"{args.config}: {refusal}", file=sys.stderr)
                 return 1
+        from bascule.runtime.sticky import unkeyed_sticky
+
+        for i in unkeyed_sticky(config):
+            print(
+                f"{args.config} clusters[{i}].sticky.secret: warning: not set, so a random key"
+                " is made at each start and sticky cookies do not survive a restart",
+                file=sys.stderr,
+            )
         print(
             f"{args.config}: ok ({len(config.listeners)} listeners, "
             f"{len(config.clusters)} clusters)"

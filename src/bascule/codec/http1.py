@@ -81,9 +81,16 @@ def simple_response(
     extra: list[tuple[bytes, bytes]] | None = None,
     head_only: bool = False,
     version: bytes = b"HTTP/1.1",
+    date: bytes = b"",
 ) -> bytes:
-    """A whole response bascule writes itself: errors, redirects, direct responses."""
+    """A whole response bascule writes itself: errors, redirects, direct responses.
+
+    `date` is the IMF-fixdate for the `Date` field (RFC 9110 §6.6.1), given by the caller:
+    reading a clock is not this module's job.
+    """
     lines = [b"%s %d %s\r\n" % (version, status, reason_phrase(status))]
+    if date:
+        lines.append(b"Date: %s\r\n" % date)
     lines.append(b"Server: bascule\r\n")
     if body or status not in (204, 304):
         lines.append(b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type, len(body)))

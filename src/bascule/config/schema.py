@@ -182,7 +182,7 @@ class StickyConfig(Model):
     """Cookie persistence: bascule sets a signed cookie naming the endpoint that answered."""
 
     cookie: str = Field(default="bascule_sticky", pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-    secret: str | None = None  # HMAC key; default derived from the cluster's name
+    secret: str | None = None  # HMAC key; default: random at each start, shared by the workers
     max_age: Duration | None = None  # default: a session cookie
     path: str = "/"
 

@@ -44,6 +44,7 @@ from bascule.codec.http1 import (
     simple_response,
 )
 from bascule.codec.path import resolve_path
+from bascule.l7.http_date import HTTP_DATE
 from bascule.l7.retry import may_retry
 from bascule.l7.router import DIRECT, REDIRECT, Route
 from bascule.l7.upstream import UpstreamConnection
@@ -67,6 +68,13 @@ _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 # identity fields are dropped: a CGI/WSGI backend would read `X_Forwarded_For` as the real one.
 _DROP_UNTRUSTED: Final = HOP_BY_HOP | IDENTITY | UNDERSCORE_IDENTITY
 _DROP_TRUSTED: Final = HOP_BY_HOP | UNDERSCORE_IDENTITY
+# What a client learns of a gateway failure. The reason itself names endpoints, errno text
+# or clusters: that is for the operator (the access log's `error`), not for whoever asks.
+_GATEWAY_PHRASES: Final = {
+    502: "no valid answer from the upstream server",
+    503: "no upstream server is available, try again later",
+    504: "the upstream server did not answer in time",
+}
 # Response fields bascule re-frames or drops: hop-by-hop ones and Content-Length. Matched on a
 # lower-cased head (llhttp has refused whitespace before the colon and obs-fold already).
 _RESPONSE_FIELDS: Final = re.compile(
@@ -161,7 +169,7 @@ class Exchange:
         self.t_header = 0.0
         self.error = ""
         self.queued: asyncio.TimerHandle | None = None  # waiting in the cluster's queue
-        self.sticky: bytes | None = None  # sticky clusters: the address the cookie named
+        self.sticky: bytes | None = None  # sticky clusters: the valid cookie value the client sent
 
     # ------------------------------------------------------------ routing
 
@@ -226,6 +234,10 @@ class Exchange:
         self.endpoint = endpoint
         endpoint.active += 1
         self.t_dispatch = time.monotonic()
+        if self.tried:
+            # Counted once an endpoint is there to retry on: a retry that found none left
+            # did not happen.
+            self.retries += 1
         self.tried.append(endpoint)
         pool = cluster.pools[endpoint]
         conn = pool.acquire()
@@ -306,7 +318,7 @@ class Exchange:
         endpoint = cluster.sticky_endpoint(value)
         if endpoint is None:
             return None
-        self.sticky = endpoint.address.encode()
+        self.sticky = value
         if endpoint.available and (accept is None or accept(endpoint)):
             return endpoint
         return None
@@ -317,12 +329,13 @@ class Exchange:
         endpoint = self.tried[-1] if self.tried else None
         if cluster is None or cluster.sticky is None or endpoint is None:
             return
-        if self.sticky == endpoint.address.encode():
+        value = cluster.sticky_value(endpoint)
+        if self.sticky == value:
             return
         spec = cluster.sticky
         cookie = b"%s=%s; Path=%s; HttpOnly" % (
             spec.cookie.encode(),
-            cluster.sticky_value(endpoint),
+            value,
             spec.path.encode("latin-1"),
         )
         if spec.max_age is not None:
@@ -770,7 +783,6 @@ class Exchange:
         self._release_upstream(False)
         self.out.clear()
         if retryable and self._can_retry():
-            self.retries += 1
             self._dispatch()
             return
         self.respond_error(status, reason)
@@ -862,8 +874,10 @@ class Exchange:
     # ------------------------------------------------------------ local responses
 
     def respond_error(self, status: int, reason: str) -> None:
+        """An error answer: `reason` goes to the access log; a gateway error's body is generic."""
         extra = [(b"Retry-After", b"1")] if status == 503 else None
-        self.respond_local(status, error_body(status, reason), reason, extra=extra)
+        detail = _GATEWAY_PHRASES.get(status, reason)
+        self.respond_local(status, error_body(status, detail), reason, extra=extra)
 
     def respond_local(
         self,
@@ -880,7 +894,13 @@ class Exchange:
         close = self.close_after or not request.keep_alive or self.ctx.draining
         head_only = request.method == "HEAD"
         response = simple_response(
-            status, body, close=close, extra=extra, head_only=head_only, content_type=content_type
+            status,
+            body,
+            close=close,
+            extra=extra,
+            head_only=head_only,
+            content_type=content_type,
+            date=HTTP_DATE.value(),
         )
         self.respond_raw(response, status, close, 0 if head_only else len(body))
 

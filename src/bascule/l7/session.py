@@ -43,6 +43,7 @@ from bascule.codec.http1 import (
 from bascule.codec.path import FRAGMENT, normalize_path
 from bascule.l7.context import ListenerContext
 from bascule.l7.exchange import Exchange
+from bascule.l7.http_date import HTTP_DATE
 from bascule.l7.request import Request
 
 INF: Final = float("inf")
@@ -72,6 +73,7 @@ class HttpSession(asyncio.Protocol):
         "_body_reader",
         "_broken",
         "_closing",
+        "_eof",
         "_error",
         "_head_bytes",
         "_head_size",
@@ -84,6 +86,7 @@ class HttpSession(asyncio.Protocol):
         "_own_body",
         "_parsing",
         "_paused",
+        "_paused_at",
         "_timer",
         "_timer_at",
         "_url",
@@ -120,6 +123,8 @@ class HttpSession(asyncio.Protocol):
         self._heads = 0  # heads parsed on this connection
         self._in_head = True
         self._paused = 0
+        self._paused_at = 0.0  # when reading last paused, to hold the head deadline meanwhile
+        self._eof = False  # the client half-closed: nothing more to read after what is parsed
         self._closing = False
         self._linger: asyncio.TimerHandle | None = None
         # the request whose body bascule decodes itself (see the module rules)
@@ -189,8 +194,10 @@ class HttpSession(asyncio.Protocol):
                 self._protocol_error(ProtocolError("request head too large", 431))
 
     def eof_received(self) -> bool | None:
-        # A client may half-close after its last request and still read the answer.
+        # A client may half-close after its last request and still read the answers: keep
+        # the socket open for them, and close once the last one is written (exchange_done).
         if self.exchange is not None and self._parsing is None:
+            self._eof = True
             return True
         return None
 
@@ -499,7 +506,12 @@ class HttpSession(asyncio.Protocol):
             return
         if self._broken is not None:
             err, self._broken = self._broken, None
+            self.log_local("-", self._url.decode("latin-1"), err.status, err.reason)
             self.send_error(err.status, err.reason)
+            return
+        if self._eof:
+            # A half-closed client sends nothing more: a head it started will never end.
+            self._close_now()
             return
         self.resume_reading(PIPELINE)
         if self._parsing is None and not self.header_deadline:
@@ -527,7 +539,8 @@ class HttpSession(asyncio.Protocol):
         self.send_error(err.status, err.reason)
 
     def send_error(self, status: int, reason: str) -> None:
-        self.write(simple_response(status, error_body(status, reason), close=True))
+        body = error_body(status, reason)
+        self.write(simple_response(status, body, close=True, date=HTTP_DATE.value()))
         self.close_gracefully()
 
     def log_local(self, method: str, uri: str, status: int, error: str) -> None:
@@ -606,6 +619,7 @@ class HttpSession(asyncio.Protocol):
     def pause_reading(self, reason: int) -> None:
         if not self._paused and not self._closing:
             self.transport.pause_reading()
+            self._paused_at = self.loop.time()
         self._paused |= reason
 
     def resume_reading(self, reason: int) -> None:
@@ -613,6 +627,11 @@ class HttpSession(asyncio.Protocol):
             self._paused &= ~reason
             if not self._paused and not self._closing:
                 self.transport.resume_reading()
+                if self.header_deadline:
+                    # The rest of the head may have waited in the kernel while bascule did
+                    # not read: that time is bascule's, not the client's.
+                    self.header_deadline += self.loop.time() - self._paused_at
+                    self.arm(self.header_deadline)
 
     # ------------------------------------------------------------ deadlines
 
@@ -631,7 +650,7 @@ class HttpSession(asyncio.Protocol):
         now = self.loop.time()
         nxt = INF
         d = self.header_deadline
-        if d:
+        if d and not self._paused:  # held while paused; resume_reading moves and re-arms it
             if d <= now:
                 self.header_deadline = 0.0
                 if self.exchange is None:
@@ -659,6 +678,13 @@ class HttpSession(asyncio.Protocol):
                 if self.exchange is not None and self.exchange.request is self._parsing:
                     self.exchange.client_failed(408, "request body timeout")
                 else:
+                    parsing = self._parsing
+                    self.log_local(
+                        parsing.method,
+                        parsing.target.decode("latin-1"),
+                        408,
+                        "request body timeout",
+                    )
                     self.abort()
                 return
             nxt = min(nxt, d)

@@ -14,6 +14,8 @@ Rules of this module:
   once), and event lines (health flips, workers, discovery, drain), which all go through
   `bascule.observe.events`, with a time and a level, where the config's `log:` says.
 - The config's `demo_backends:` are served here, in this event loop, before the banner.
+- Sticky clusters without a configured secret get one random key for this run, put into the
+  snapshot every worker gets (runtime/sticky.py): all workers honour each other's cookies.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bascule.control.admin import AdminServer, cluster_view
 from bascule.errors import StartupError
 from bascule.observe import events
 from bascule.runtime import channel
+from bascule.runtime.sticky import new_secret, with_sticky_secret
 from bascule.runtime.worker import Worker
 from bascule.upstream.discovery import Discovery
 from bascule.upstream.health import ActiveChecker, cluster_targets
@@ -65,7 +68,8 @@ class Supervisor:
         *,
         printer: Printer = print,
     ) -> None:
-        self.config = config
+        self.sticky_secret = new_secret()  # kept for the run: a reload must reuse it
+        self.config = with_sticky_secret(config, self.sticky_secret)
         self.printer = printer  # the banner's; event lines go through observe.events
         self.sockets: dict[str, socket.socket] = {}
         self.children: dict[int, asyncio.subprocess.Process] = {}

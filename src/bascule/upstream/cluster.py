@@ -12,6 +12,11 @@ Rules of this module:
 - Endpoint set changes (discovery) keep the Endpoint objects of addresses that stay, with their
   state, counters and pools; a removed endpoint's pool stops keeping idle connections, and its
   exchanges in flight finish normally. The balancer is rebuilt and swapped in one assignment.
+- A sticky cookie is opaque: a truncated HMAC of the cluster's name and the endpoint's address
+  under `sticky.secret`, mapped back by a dict. It tells the client nothing about the
+  topology, and without the secret it cannot be made for another endpoint. The supervisor
+  gives every sticky cluster a secret (runtime/sticky.py); a Cluster built without one uses a
+  random key of its own rather than anything guessable.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import secrets
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -98,10 +104,8 @@ class Cluster:
             elif key.query is not None:
                 self.hash_kind, self.hash_name = QUERY, key.query.encode("latin-1")
         self.sticky = spec.sticky
-        secret = (
-            spec.sticky.secret if spec.sticky and spec.sticky.secret else "bascule:" + spec.name
-        )
-        self.sticky_key = secret.encode()
+        secret = spec.sticky.secret if spec.sticky is not None else None
+        self.sticky_key = secret.encode() if secret else secrets.token_bytes(32)
         self._sign_endpoints()
         limits = spec.limits
         self.max_requests = limits.max_requests
@@ -182,18 +186,17 @@ class Cluster:
     # ------------------------------------------------------------ sticky cookie
 
     def sticky_value(self, endpoint: Endpoint) -> bytes:
-        """The cookie value naming `endpoint`: its address and an HMAC of it."""
+        """The cookie value naming `endpoint`: an HMAC of the cluster and its address, no more."""
         value = self._sticky_values.get(endpoint)
         if value is None:
-            address = endpoint.address.encode()
-            mac = hmac.new(self.sticky_key, address, hashlib.sha256).hexdigest()[:20].encode()
-            value = address + b"~" + mac
+            message = b"%s\n%s" % (self.name.encode(), endpoint.address.encode())
+            value = hmac.new(self.sticky_key, message, hashlib.sha256).hexdigest()[:24].encode()
             self._sticky_values[endpoint] = value
             self._sticky_endpoints[value] = endpoint
         return value
 
     def sticky_endpoint(self, value: bytes) -> Endpoint | None:
-        """The endpoint a cookie value names, if the signature holds and it is still here.
+        """The endpoint a cookie value names, if it is one we made and the endpoint is here.
 
         Every valid value is one of the few `sticky_value` made, so it is a dict lookup; a
         value that is not there (forged, or for an endpoint that left) names nothing.
