@@ -48,6 +48,7 @@ from bascule.l7.http_date import HTTP_DATE
 from bascule.l7.retry import may_retry
 from bascule.l7.router import DIRECT, REDIRECT, Route
 from bascule.l7.upstream import UpstreamConnection
+from bascule.observe.access_log import ExchangeRecord
 from bascule.upstream.cluster import COOKIE, HEADER, QUERY, SOURCE_IP, URI
 
 if TYPE_CHECKING:
@@ -939,27 +940,34 @@ class Exchange:
             client = client_from_xff(
                 session.peer, split_list(request.header_values(b"x-forwarded-for")), trusted
             )
-        log.log(
+        r = ExchangeRecord(
             self.ctx.name,
-            client,
             session.peer,
             request.method,
             request.target.decode("latin-1"),
-            request.version,
             self.status,
-            self.bytes_sent,
-            self.cluster.name if self.cluster is not None else "",
-            self.tried[-1].address if self.tried else "",
-            self.route.name if self.route is not None else "",
-            (self.t_header - t_up) * 1000 if self.t_header and t_up else 0.0,
-            (now - t_up) * 1000 if t_up else 0.0,
-            (now - request.start) * 1000,
-            self.retries,
-            request.host,
-            request.header(b"user-agent"),
-            request.header(b"referer") if log.fmt == "combined" else "",
-            self.error,
         )
+        r.client = client
+        r.version = request.version
+        r.bytes_sent = self.bytes_sent
+        if self.cluster is not None:
+            r.cluster = self.cluster.name
+        if self.tried:
+            r.endpoint = self.tried[-1].address
+        if self.route is not None:
+            r.route = self.route.name
+        if t_up:
+            if self.t_header:
+                r.upstream_header_ms = (self.t_header - t_up) * 1000
+            r.upstream_ms = (now - t_up) * 1000
+        r.total_ms = (now - request.start) * 1000
+        r.retries = self.retries
+        r.host = request.host
+        r.user_agent = request.header(b"user-agent")
+        if log.fmt == "combined":
+            r.referer = request.header(b"referer")
+        r.error = self.error
+        log.log(r)
 
     # ------------------------------------------------------------ flow control
 

@@ -45,6 +45,7 @@ from bascule.l7.context import ListenerContext
 from bascule.l7.exchange import Exchange
 from bascule.l7.http_date import HTTP_DATE
 from bascule.l7.request import Request
+from bascule.observe.access_log import ExchangeRecord
 
 INF: Final = float("inf")
 
@@ -546,27 +547,9 @@ class HttpSession(asyncio.Protocol):
     def log_local(self, method: str, uri: str, status: int, error: str) -> None:
         log = self.ctx.access_log
         if log.enabled:
-            log.log(
-                self.ctx.name,
-                self.peer,
-                self.peer,
-                method,
-                uri,
-                "1.1",
-                status,
-                0,
-                "",
-                "",
-                "",
-                0.0,
-                0.0,
-                0.0,
-                0,
-                "",
-                "",
-                "",
-                error,
-            )
+            r = ExchangeRecord(self.ctx.name, self.peer, method, uri, status)
+            r.error = error
+            log.log(r)
 
     def write(self, data: bytes) -> None:
         if not self._closing:
