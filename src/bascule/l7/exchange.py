@@ -22,6 +22,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Final
 
+from bascule.balance.endpoint import Endpoint
 from bascule.codec.headers import (
     HOP_BY_HOP,
     IDENTITY,
@@ -49,11 +50,11 @@ from bascule.l7.retry import may_retry
 from bascule.l7.router import DIRECT, REDIRECT, Route
 from bascule.l7.upstream import UpstreamConnection
 from bascule.observe.access_log import ExchangeRecord
+from bascule.upstream.admission import Refuse, admit
 from bascule.upstream.cluster import COOKIE, HEADER, QUERY, SOURCE_IP, URI
 
 if TYPE_CHECKING:
     from bascule.balance.base import Accept
-    from bascule.balance.endpoint import Endpoint
     from bascule.l7.request import Request
     from bascule.l7.session import HttpSession
     from bascule.upstream.cluster import Cluster
@@ -252,41 +253,24 @@ class Exchange:
         """Pick with a key, a sticky cookie and the cluster's limits; None when answered
         (503/502) or queued. A picked endpoint counts against the cluster's limits."""
         accept = self._accept if self.tried else None
-        if cluster.max_requests and cluster.active >= cluster.max_requests:
-            if not self._enqueue(cluster):
-                cluster.rejected += 1
-                self.respond_error(503, f"cluster {cluster.name} is at max_requests")
-            return None
-        endpoint: Endpoint | None = None
-        if cluster.sticky is not None:
-            endpoint = self._sticky_pick(cluster, accept)
-        if endpoint is None:
-            key = self._hash_key(cluster) if cluster.keyed else None
-            endpoint = cluster.pick(key, accept)
-        if (
-            endpoint is not None
-            and cluster.max_connections
-            and not cluster.pools[endpoint].idle
-            and not cluster.room_for_connection(endpoint)
-        ):
-            # Every connection the cluster may hold is busy: wait for one, or overflow.
-            if not self._enqueue(cluster):
-                cluster.rejected += 1
-                self.respond_error(503, f"cluster {cluster.name} is at max_connections")
-            return None
-        if endpoint is None:
-            if cluster.saturated() and self._enqueue(cluster):
-                return None
-            if self.tried:
-                self.respond_error(502, self.error or "no endpoint left to retry")
-            elif cluster.saturated():
-                cluster.rejected += 1
-                self.respond_error(503, f"every endpoint of cluster {cluster.name} is full")
-            else:
-                self.respond_error(503, f"no healthy endpoint in cluster {cluster.name}")
-            return None
-        cluster.active += 1
-        return endpoint
+
+        def pick() -> Endpoint | None:
+            endpoint = self._sticky_pick(cluster, accept) if cluster.sticky is not None else None
+            if endpoint is None:
+                key = self._hash_key(cluster) if cluster.keyed else None
+                endpoint = cluster.pick(key, accept)
+            return endpoint
+
+        verdict = admit(cluster, pick, bool(self.tried))
+        if isinstance(verdict, Endpoint):
+            return verdict
+        if isinstance(verdict, Refuse):
+            self.respond_error(
+                verdict.status, verdict.reason or self.error or "no endpoint left to retry"
+            )
+        else:
+            self._enqueue(cluster)
+        return None
 
     def _hash_key(self, cluster: Cluster) -> bytes | None:
         """The bytes a keyed balancer hashes for this request; None (any endpoint) if absent."""
@@ -343,14 +327,11 @@ class Exchange:
             cookie += b"; Max-Age=%d" % int(spec.max_age)
         parts.append(b"Set-Cookie: %s\r\n" % cookie)
 
-    def _enqueue(self, cluster: Cluster) -> bool:
-        """Wait for a free slot (`limits.max_pending`, `queue_timeout`); False when full."""
-        if len(cluster.waiting) >= cluster.max_pending:
-            return False
+    def _enqueue(self, cluster: Cluster) -> None:
+        """Wait for a free slot, up to `queue_timeout` (admission said there is room)."""
         cluster.waiting.append(self)
         cluster.queued += 1
         self.queued = self.loop.call_later(cluster.spec.limits.queue_timeout, self._queue_expired)
-        return True
 
     def wake(self) -> bool:
         """A slot freed up in the cluster (the Waiter protocol): try again, unless gone."""
