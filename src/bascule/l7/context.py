@@ -2,13 +2,17 @@
 
 Rules of this module:
 - Built once per config snapshot per worker; sessions read it and never change it, except
-  the live set of sessions (for draining) and the `draining` flag.
+  the `draining` flag.
+- Sessions tell their listener when they close, go idle (between exchanges, nothing
+  buffered) and get busy again, through `registry`: the listener (listen/) counts them,
+  reclaims idle ones at its limits and resumes accepting when one closes. l7 only knows the
+  `Registry` interface, so it never imports listen/.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from bascule.codec.headers import TrustedNetworks
 from bascule.config.schema import ListenerConfig
@@ -20,6 +24,29 @@ if TYPE_CHECKING:
     from bascule.l7.session import HttpSession
 
 
+class Registry(Protocol):
+    """The listener's side of a session's life (see listen/listener.py)."""
+
+    def closed(self, session: HttpSession) -> None: ...
+
+    def idle(self, session: HttpSession) -> None: ...
+
+    def busy(self, session: HttpSession) -> None: ...
+
+
+class Untracked:
+    """A registry that counts nothing: for sessions driven without a listener (bench/)."""
+
+    def closed(self, session: HttpSession) -> None:
+        pass
+
+    def idle(self, session: HttpSession) -> None:
+        pass
+
+    def busy(self, session: HttpSession) -> None:
+        pass
+
+
 class ListenerContext:
     __slots__ = (
         "access_log",
@@ -29,9 +56,9 @@ class ListenerContext:
         "limits",
         "loop",
         "name",
+        "registry",
         "router",
         "server_name",
-        "sessions",
         "spec",
         "timeouts",
         "trusted",
@@ -45,6 +72,7 @@ class ListenerContext:
         clusters: dict[str, Cluster],
         access_log: AccessLog,
         loop: asyncio.AbstractEventLoop,
+        registry: Registry | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -59,5 +87,5 @@ class ListenerContext:
         self.server_name = spec.server_name
         self.via = f"1.1 {spec.server_name}".encode()
         self.via_line = b"Via: %s\r\n" % self.via
-        self.sessions: set[HttpSession] = set()
+        self.registry: Registry = registry if registry is not None else Untracked()
         self.draining = False

@@ -40,6 +40,12 @@ INF: Final = float("inf")
 PIPELINE: Final = 1
 UPSTREAM: Final = 2
 BUFFER: Final = 4
+FAIR: Final = 8  # this read's budget is spent: other connections go first (see _feed_fairly)
+# A chunked body costs one parser callback per chunk, so a client sending 1-byte chunks could
+# hold the loop for a whole 256 KiB read (~40,000 callbacks). Such a read is parsed a slice at
+# a time, and after _CHUNK_BUDGET chunks the rest waits for the next loop turn.
+_SLICE: Final = 2048
+_CHUNK_BUDGET: Final = 64
 LINGER_SECONDS: Final = 2.0
 _HEAD_SLACK: Final = 16 * 1024
 
@@ -58,6 +64,7 @@ _SPECIAL: Final = frozenset(
 class HttpSession(asyncio.Protocol):
     __slots__ = (
         "_broken",
+        "_chunks",
         "_closing",
         "_error",
         "_head_bytes",
@@ -66,10 +73,17 @@ class HttpSession(asyncio.Protocol):
         "_heads",
         "_identity",
         "_identity_host",
+        "_idle",
         "_in_head",
         "_linger",
         "_parsing",
         "_paused",
+        "_rate_bytes",
+        "_rate_from",
+        "_rate_request",
+        "_refused",
+        "_rest",
+        "_slicing",
         "_timer",
         "_timer_at",
         "_url",
@@ -120,18 +134,26 @@ class HttpSession(asyncio.Protocol):
         self.trusted_peer = False
         self._identity = b""
         self._identity_host: bytes | None = None
+        self._idle = False  # between exchanges with nothing buffered: the listener may reclaim it
+        self._refused = False  # over its client's connection limit: answered 429
+        self._chunks = 0  # body chunks parsed in this loop turn (see _feed_fairly)
+        self._slicing = False
+        self._rest = b""  # the part of a read left for the next loop turn
+        # limits.min_body_rate: the request whose body is timed, its window's start and bytes
+        self._rate_request: Request | None = None
+        self._rate_from = 0.0
+        self._rate_bytes = 0
 
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         ctx = self.ctx
-        ctx.sessions.add(self)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer, self.peer_port = peer[0], peer[1]
             self.trusted_peer = bool(ctx.trusted) and ctx.trusted.contains(self.peer)
-        if len(ctx.sessions) > ctx.limits.max_connections or ctx.draining:
+        if ctx.draining:  # accepted just before the listener stopped
             self._closing = True
             self.transport.abort()
             return
@@ -141,6 +163,17 @@ class HttpSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._idle:
+            self._idle = False
+            self.ctx.registry.busy(self)
+        elif self._refused:
+            self._answer_refused()
+            return
+        if not self._slicing and len(data) > _SLICE:
+            request = self._parsing
+            if request is not None and request.framing == CHUNKED:
+                self._feed_fairly(data)
+                return
         self.last_read = self.loop.time()
         heads_before = self._heads
         try:
@@ -164,6 +197,67 @@ class HttpSession(asyncio.Protocol):
             limits = self.ctx.limits
             if self._head_bytes > limits.max_header_size + limits.max_uri + _HEAD_SLACK:
                 self._protocol_error(ProtocolError("request head too large", 431))
+                return
+        if not self._slicing:
+            self._after_read()
+
+    def _after_read(self) -> None:
+        """Once per read: send the body chunks it yielded in one write, time a new body."""
+        exchange = self.exchange
+        if exchange is not None and exchange.body_out:
+            exchange.flush_request_body()
+        request = self._parsing
+        if request is not None and request is not self._rate_request and request.framing:
+            rate = self.ctx.limits.min_body_rate
+            if rate:
+                self._rate_request = request
+                self._rate_from = now = self.loop.time()
+                self._rate_bytes = request.body_received
+                self.arm(now + self.ctx.limits.body_rate_window)
+
+    def _feed_fairly(self, data: bytes) -> None:
+        """Parse a long read of a chunked body in slices, up to _CHUNK_BUDGET chunks per loop
+        turn; the rest waits (reading paused) until other ready connections have run."""
+        self._slicing = True
+        self._chunks = 0
+        pos = 0
+        end = len(data)
+        try:
+            while pos < end and not self._closing:
+                self.data_received(data[pos : pos + _SLICE])
+                pos += _SLICE
+                if self._chunks >= _CHUNK_BUDGET and pos < end:
+                    self._rest = data[pos:]
+                    self.pause_reading(FAIR)
+                    self.loop.call_soon(self._feed_rest)
+                    break
+        finally:
+            self._slicing = False
+        if not self._closing:
+            self._after_read()
+
+    def _feed_rest(self) -> None:
+        rest, self._rest = self._rest, b""
+        if self._closing:
+            return
+        self._feed_fairly(rest)
+        if not self._rest:
+            self.resume_reading(FAIR)
+
+    def _answer_refused(self) -> None:
+        reason = "too many connections from this client"
+        self.log_local("-", self._url.decode("latin-1") or "-", 429, reason)
+        self.send_error(429, reason)
+
+    def refuse(self) -> None:
+        """The listener accepted this connection beyond its client's limit: answer its first
+        request with 429, then close."""
+        self._refused = True
+
+    def reclaim(self) -> None:
+        """The listener needs this idle session's place: close it (nothing is in flight)."""
+        self._idle = False
+        self._close_now()
 
     def eof_received(self) -> bool | None:
         # A client may half-close after its last request and still read the answer.
@@ -173,7 +267,8 @@ class HttpSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self.ctx.sessions.discard(self)
+        self._rest = b""
+        self.ctx.registry.closed(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -263,6 +358,7 @@ class HttpSession(asyncio.Protocol):
         request = self._parsing
         if request is None:
             return
+        self._chunks += 1
         request.body_received += len(body)
         limit = self.ctx.limits.max_request_body
         if limit and request.body_received > limit:
@@ -426,6 +522,8 @@ class HttpSession(asyncio.Protocol):
         if self._parsing is None and not self.header_deadline:
             self.idle_deadline = self.loop.time() + self.ctx.timeouts.idle
             self.arm(self.idle_deadline)
+            self._idle = True
+            self.ctx.registry.idle(self)
 
     # ------------------------------------------------------------ errors and closing
 
@@ -544,6 +642,38 @@ class HttpSession(asyncio.Protocol):
             self._timer_at = when
             self._timer = self.loop.call_at(when, self._on_timer)
 
+    def _check_body_rate(self, now: float) -> float:
+        """limits.min_body_rate: -1 when the body was cut, else when to look again."""
+        request = self._rate_request
+        if request is None or request is not self._parsing:
+            self._rate_request = None  # that body is complete (or the session moved on)
+            return INF
+        limits = self.ctx.limits
+        window = limits.body_rate_window
+        if self._paused:
+            # bascule itself is not reading (a full upstream, say): not the client's fault
+            self._rate_from = now
+            self._rate_bytes = request.body_received
+            return now + window
+        end = self._rate_from + window
+        if end > now:
+            return end
+        if request.body_received - self._rate_bytes < limits.min_body_rate * (
+            now - self._rate_from
+        ):
+            self._rate_request = None
+            reason = "request body too slow"
+            exchange = self.exchange
+            if exchange is not None and exchange.request is request:
+                exchange.client_failed(408, reason)
+            else:
+                self.log_local(request.method, request.target.decode("latin-1"), 408, reason)
+                self.abort()
+            return -1
+        self._rate_from = now
+        self._rate_bytes = request.body_received
+        return now + window
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = INF
@@ -581,6 +711,11 @@ class HttpSession(asyncio.Protocol):
                     self.exchange.client_failed(408, "request body timeout")
                 else:
                     self.abort()
+                return
+            nxt = min(nxt, d)
+        if self._rate_request is not None:
+            d = self._check_body_rate(now)
+            if d < 0:
                 return
             nxt = min(nxt, d)
         if self.write_paused_since:
