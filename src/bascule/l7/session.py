@@ -43,9 +43,12 @@ BUFFER: Final = 4
 FAIR: Final = 8  # this read's budget is spent: other connections go first (see _feed_fairly)
 # A chunked body costs one parser callback per chunk, so a client sending 1-byte chunks could
 # hold the loop for a whole 256 KiB read (~40,000 callbacks). Such a read is parsed a slice at
-# a time, and after _CHUNK_BUDGET chunks the rest waits for the next loop turn.
-_SLICE: Final = 2048
-_CHUNK_BUDGET: Final = 64
+# a time, and after _CHUNK_BUDGET chunks the rest waits for the next loop turn. Slices start
+# small (a chunk takes at least 6 bytes, so one slice holds at most ~10 of them) and grow
+# while they hold few chunks, so a body of large chunks is still parsed in large pieces.
+_SLICE: Final = 64
+_SLICE_MAX: Final = 16384  # one slice of 6-byte chunks: ~2,700 callbacks, ~2 ms
+_CHUNK_BUDGET: Final = 8
 LINGER_SECONDS: Final = 2.0
 _HEAD_SLACK: Final = 16 * 1024
 
@@ -83,6 +86,7 @@ class HttpSession(asyncio.Protocol):
         "_rate_request",
         "_refused",
         "_rest",
+        "_rest_at",
         "_slicing",
         "_timer",
         "_timer_at",
@@ -138,7 +142,8 @@ class HttpSession(asyncio.Protocol):
         self._refused = False  # over its client's connection limit: answered 429
         self._chunks = 0  # body chunks parsed in this loop turn (see _feed_fairly)
         self._slicing = False
-        self._rest = b""  # the part of a read left for the next loop turn
+        self._rest = b""  # a read whose part from `_rest_at` is left for the next loop turn
+        self._rest_at = 0
         # limits.min_body_rate: the request whose body is timed, its window's start and bytes
         self._rate_request: Request | None = None
         self._rate_from = 0.0
@@ -215,21 +220,27 @@ class HttpSession(asyncio.Protocol):
                 self._rate_bytes = request.body_received
                 self.arm(now + self.ctx.limits.body_rate_window)
 
-    def _feed_fairly(self, data: bytes) -> None:
+    def _feed_fairly(self, data: bytes, pos: int = 0) -> None:
         """Parse a long read of a chunked body in slices, up to _CHUNK_BUDGET chunks per loop
         turn; the rest waits (reading paused) until other ready connections have run."""
         self._slicing = True
         self._chunks = 0
-        pos = 0
         end = len(data)
+        size = _SLICE
         try:
             while pos < end and not self._closing:
-                self.data_received(data[pos : pos + _SLICE])
-                pos += _SLICE
-                if self._chunks >= _CHUNK_BUDGET and pos < end:
-                    self._rest = data[pos:]
-                    self.pause_reading(FAIR)
-                    self.loop.call_soon(self._feed_rest)
+                before = self._chunks
+                self.data_received(data[pos : pos + size])
+                pos += size
+                if self._chunks - before < 2:
+                    # few chunks in this slice: large ones, cheap to parse; take more at once
+                    size = min(size * 4, _SLICE_MAX)
+                elif self._chunks >= _CHUNK_BUDGET:
+                    if pos < end:
+                        self._rest = data
+                        self._rest_at = pos
+                        self.pause_reading(FAIR)
+                        self.loop.call_soon(self._feed_rest)
                     break
         finally:
             self._slicing = False
@@ -240,7 +251,7 @@ class HttpSession(asyncio.Protocol):
         rest, self._rest = self._rest, b""
         if self._closing:
             return
-        self._feed_fairly(rest)
+        self._feed_fairly(rest, self._rest_at)
         if not self._rest:
             self.resume_reading(FAIR)
 
