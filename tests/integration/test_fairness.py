@@ -16,16 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from helpers import (
-    Backend,
-    BackendHandler,
-    Client,
-    Seen,
-    free_port,
-    proxy_config,
-    running,
-    wait_port,
-)
+from helpers import Backend, Client, free_port, proxy_config, running, wait_port
 
 SOLO_SECONDS = 1.5
 ATTACK_SECONDS = 3.0
@@ -58,10 +49,6 @@ ATTACKER = textwrap.dedent("""
 """)
 
 
-def small(h: BackendHandler, seen: Seen) -> None:
-    h.reply(200, b"ok")
-
-
 def run_client(port: int, seconds: float) -> list[float]:
     """Sequential keep-alive GETs for `seconds`: the latency of each."""
     latencies = []
@@ -72,7 +59,7 @@ def run_client(port: int, seconds: float) -> list[float]:
             c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             status, _, body, _ = c.response()
             latencies.append(time.monotonic() - start)
-            assert (status, body) == (200, b"ok")
+            assert status == 200 and b'"path": "/"' in body
     return latencies
 
 
@@ -81,7 +68,7 @@ def p99(latencies: list[float]) -> float:
 
 
 def test_a_one_byte_chunk_stream_does_not_starve_a_normal_client(tmp_path: Path) -> None:
-    backend = Backend(small)
+    backend = Backend()  # echo: a small JSON answer
     sink_port, port = free_port(), free_port()
     sink = subprocess.Popen([sys.executable, "-c", SINK, str(sink_port), "60"])
     routes = [{"match": {"path_prefix": "/upload"}, "cluster": "sink"},
