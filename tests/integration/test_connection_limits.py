@@ -169,3 +169,31 @@ def test_per_client_limit_reclaims_that_clients_idle_connection_then_refuses(
     for c in idle:
         c.close()
     assert '"status":429' in log.read_text()
+
+
+def test_the_limit_holds_when_uvloops_server_hands_over_to_the_accept_loop(
+    tmp_path: Path, backend: Backend
+) -> None:
+    # Far below the limit uvloop's server accepts; 1024 below it bascule's own accept loop
+    # takes over (listen/listener.py): this limit starts in the first mode and ends in the other.
+    limit = 1600
+    port = free_port()
+    config = proxy_config(port, [backend.address],
+                          listener={"limits": {"max_connections": limit}})
+    clients: list[Client] = []
+    with running(config, tmp_path, port):
+        # The start-up probe's close is handled before this exchange ends.
+        assert raw(port, GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        try:
+            for _ in range(limit):
+                c = Client(port)
+                clients.append(c)
+                assert served(c)
+            newcomer = Client(port)
+            clients.append(newcomer)
+            assert served(newcomer)
+            assert clients[0].closed_by_peer(), "the oldest idle connection is reclaimed"
+            assert served(clients[1]) and served(clients[-2])
+        finally:
+            for c in clients:
+                c.close()
