@@ -15,6 +15,7 @@ from bascule.l7.context import ListenerContext
 from bascule.l7.session import FAIR, HttpSession
 from bascule.l7.upstream import UpstreamConnection
 from bascule.upstream.cluster import Cluster
+from helpers import proxy_config
 
 HEAD = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -69,12 +70,7 @@ def dechunk(data: bytes) -> bytes:
 async def relay(chunks: list[bytes], read_size: int) -> tuple[Transport, list[int]]:
     """Feed HEAD and `chunks` (chunked) to a session in reads of `read_size`; the upstream
     transport, and how many loop turns each read took."""
-    config = Config.model_validate({
-        "access_log": {"path": None},
-        "listeners": [{"name": "l", "address": "127.0.0.1:1",
-                       "routes": [{"match": {"path_prefix": "/"}, "cluster": "c"}]}],
-        "clusters": [{"name": "c", "endpoints": [{"address": "127.0.0.1:2"}]}],
-    })
+    config = Config.model_validate(proxy_config(1, ["127.0.0.1:2"]))
     loop = asyncio.get_running_loop()
     cluster = Cluster(config.clusters[0])
     ctx = ListenerContext(config.listeners[0], {"c": cluster}, AccessLog(None, "json"), loop)
