@@ -244,7 +244,7 @@ class HttpSession(asyncio.Protocol):
                     break
         finally:
             self._slicing = False
-        if not self._closing:
+        if not self._closing and not self._rest:  # the whole read is parsed: one write
             self._after_read()
 
     def _feed_rest(self) -> None:
