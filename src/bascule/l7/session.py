@@ -225,6 +225,7 @@ class HttpSession(asyncio.Protocol):
         turn; the rest waits (reading paused) until other ready connections have run."""
         self._slicing = True
         self._chunks = 0
+        dense = 0  # chunks parsed in slices that held several: the ones that cost
         end = len(data)
         size = _SLICE
         try:
@@ -232,10 +233,13 @@ class HttpSession(asyncio.Protocol):
                 before = self._chunks
                 self.data_received(data[pos : pos + size])
                 pos += size
-                if self._chunks - before < 2:
+                parsed = self._chunks - before
+                if parsed < 2:
                     # few chunks in this slice: large ones, cheap to parse; take more at once
                     size = min(size * 4, _SLICE_MAX)
-                elif self._chunks >= _CHUNK_BUDGET:
+                    continue
+                dense += parsed
+                if dense >= _CHUNK_BUDGET:
                     if pos < end:
                         self._rest = data
                         self._rest_at = pos
