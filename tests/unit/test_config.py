@@ -298,6 +298,9 @@ def test_listener_and_route_defaults() -> None:
         max_request_body=0,
         max_buffered_body=10 * 1024 * 1024,
         max_connections=10000,
+        max_connections_per_client=0,
+        min_body_rate=0,
+        body_rate_window=5.0,
     )
     route = listener.routes[0]
     assert route.name is None and route.match == RouteMatch()

@@ -488,7 +488,11 @@ class ListenerLimits(Model):
     max_headers: int = Field(default=100, ge=1)  # 431 above it
     max_request_body: Size = 0  # 413 above it; 0 means no limit for streamed bodies
     max_buffered_body: Size = 10 * 1024 * 1024  # limit for `buffer_request` routes
-    max_connections: int = Field(default=10000, ge=1)  # per worker; beyond it accept pauses
+    # per worker: at it, the oldest idle keep-alive connection is closed, else accepting pauses
+    max_connections: int = Field(default=10000, ge=1)
+    max_connections_per_client: int = Field(default=0, ge=0)  # per peer address; 0: no limit
+    min_body_rate: Size = 0  # bytes/s a request body must average per window; 0: no minimum
+    body_rate_window: Duration = Field(default=5.0, gt=0)  # the window; the first is the grace
 
 
 class ListenerConfig(Model):

@@ -2,7 +2,11 @@
 
 Rules of this module:
 - Built once per config snapshot per worker; sessions read it and never change it, except
-  the live set of sessions (for draining) and the `draining` flag.
+  the `draining` flag.
+- Sessions tell their listener when they close, go idle (between exchanges, nothing
+  buffered) and get busy again, through `registry`: the listener (listen/) counts them,
+  reclaims idle ones at its limits and resumes accepting when one closes. l7 only knows the
+  `Registry` interface, so it never imports listen/.
 - The Connector is a port: the worker's opens real sockets, a test's (bascule.testing) hands
   over scripted transports.
 """
@@ -10,7 +14,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from bascule.codec.headers import TrustedNetworks
 from bascule.config.schema import ListenerConfig
@@ -23,6 +27,29 @@ if TYPE_CHECKING:
     from bascule.l7.session import HttpSession
 
 
+class Registry(Protocol):
+    """The listener's side of a session's life (see listen/listener.py)."""
+
+    def closed(self, session: HttpSession) -> None: ...
+
+    def idle(self, session: HttpSession) -> None: ...
+
+    def busy(self, session: HttpSession) -> None: ...
+
+
+class Untracked:
+    """A registry that counts nothing: for sessions driven without a listener (bench/)."""
+
+    def closed(self, session: HttpSession) -> None:
+        pass
+
+    def idle(self, session: HttpSession) -> None:
+        pass
+
+    def busy(self, session: HttpSession) -> None:
+        pass
+
+
 class ListenerContext:
     __slots__ = (
         "access_log",
@@ -33,9 +60,9 @@ class ListenerContext:
         "limits",
         "loop",
         "name",
+        "registry",
         "router",
         "server_name",
-        "sessions",
         "spec",
         "timeouts",
         "trusted",
@@ -50,6 +77,7 @@ class ListenerContext:
         access_log: AccessLog,
         loop: asyncio.AbstractEventLoop,
         connector: Connects | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -65,5 +93,5 @@ class ListenerContext:
         self.server_name = spec.server_name
         self.via = f"1.1 {spec.server_name}".encode()
         self.via_line = b"Via: %s\r\n" % self.via
-        self.sessions: set[HttpSession] = set()
+        self.registry: Registry = registry if registry is not None else Untracked()
         self.draining = False

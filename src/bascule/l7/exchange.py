@@ -100,6 +100,7 @@ class Exchange:
         "_head",
         "_task",
         "body_declared",
+        "body_out",
         "body_sent",
         "bytes_sent",
         "client_chunked",
@@ -150,6 +151,7 @@ class Exchange:
         self.retries = 0
         self.replay: list[bytes] | None = None
         self.out: list[bytes] = []
+        self.body_out: list[bytes] = []  # chunk data of the current read, sent as one chunk
         self.status = 0
         self.bytes_sent = 0
         self.body_sent = 0  # request body bytes written upstream on the current connection
@@ -437,7 +439,9 @@ class Exchange:
         if conn is not None and conn.transport is not None:
             self.body_sent += len(data)
             if request.framing == CHUNKED:
-                conn.transport.writelines((b"%x\r\n" % len(data), data, _CRLF))
+                # One read can hold thousands of tiny chunks: the session sends them once
+                # it has parsed the read (flush_request_body), as one chunk.
+                self.body_out.append(data)
             else:
                 conn.transport.write(data)
             return
@@ -452,7 +456,19 @@ class Exchange:
         elif request.body_buffered > _BUFFER_HIGH:
             self.session.pause_reading(_BUFFER)
 
+    def flush_request_body(self) -> None:
+        """Send the chunk data collected from one read as one chunk, in one write."""
+        out = self.body_out
+        self.body_out = []
+        conn = self.conn
+        if conn is None or conn.transport is None or self.response_done or self.finished:
+            return  # the endpoint's connection is gone or the answer is in: dropped, as above
+        data = out[0] if len(out) == 1 else b"".join(out)
+        conn.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+
     def on_request_complete(self) -> None:
+        if self.body_out:
+            self.flush_request_body()
         if self.response_done:
             self._finish()
             return

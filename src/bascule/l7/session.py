@@ -53,6 +53,15 @@ INF: Final = float("inf")
 PIPELINE: Final = 1
 UPSTREAM: Final = 2
 BUFFER: Final = 4
+FAIR: Final = 8  # this read's budget is spent: other connections go first (see _feed_fairly)
+# A chunked body costs one parser callback per chunk, so a client sending 1-byte chunks could
+# hold the loop for a whole 256 KiB read (~40,000 callbacks). Such a read is parsed a slice at
+# a time, and after _CHUNK_BUDGET chunks the rest waits for the next loop turn. Slices start
+# small (a chunk takes at least 6 bytes, so one slice holds at most ~10 of them) and grow
+# while they hold few chunks, so a body of large chunks is still parsed in large pieces.
+_SLICE: Final = 64
+_SLICE_MAX: Final = 16384  # one slice of 6-byte chunks: ~2,700 callbacks, ~2 ms
+_CHUNK_BUDGET: Final = 8
 LINGER_SECONDS: Final = 2.0
 _HEAD_SLACK: Final = 16 * 1024
 
@@ -73,6 +82,7 @@ class HttpSession(asyncio.Protocol):
         "_body_left",
         "_body_reader",
         "_broken",
+        "_chunks",
         "_closing",
         "_eof",
         "_error",
@@ -82,12 +92,20 @@ class HttpSession(asyncio.Protocol):
         "_heads",
         "_identity",
         "_identity_host",
+        "_idle",
         "_in_head",
         "_linger",
         "_own_body",
         "_parsing",
         "_paused",
         "_paused_at",
+        "_rate_bytes",
+        "_rate_from",
+        "_rate_request",
+        "_refused",
+        "_rest",
+        "_rest_at",
+        "_slicing",
         "_timer",
         "_timer_at",
         "_url",
@@ -144,18 +162,27 @@ class HttpSession(asyncio.Protocol):
         self.trusted_peer = False
         self._identity = b""
         self._identity_host: bytes | None = None
+        self._idle = False  # between exchanges with nothing buffered: the listener may reclaim it
+        self._refused = False  # over its client's connection limit: answered 429
+        self._chunks = 0  # body chunks parsed in this loop turn (see _feed_fairly)
+        self._slicing = False
+        self._rest = b""  # a read whose part from `_rest_at` is left for the next loop turn
+        self._rest_at = 0
+        # limits.min_body_rate: the request whose body is timed, its window's start and bytes
+        self._rate_request: Request | None = None
+        self._rate_from = 0.0
+        self._rate_bytes = 0
 
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         ctx = self.ctx
-        ctx.sessions.add(self)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer, self.peer_port = peer[0], peer[1]
             self.trusted_peer = bool(ctx.trusted) and ctx.trusted.contains(self.peer)
-        if len(ctx.sessions) > ctx.limits.max_connections or ctx.draining:
+        if ctx.draining:  # accepted just before the listener stopped
             self._closing = True
             self.transport.abort()
             return
@@ -165,10 +192,23 @@ class HttpSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._idle:
+            self._idle = False
+            self.ctx.registry.busy(self)
+        elif self._refused:
+            self._answer_refused()
+            return
+        if not self._slicing and len(data) > _SLICE:
+            request = self._parsing
+            if request is not None and request.framing == CHUNKED:
+                self._feed_fairly(data)
+                return
         self.last_read = self.loop.time()
         if self._own_body is not None:
             data = self._feed_own_body(data)
             if not data:
+                if not self._slicing and not self._closing:
+                    self._after_read()
                 return
         heads_before = self._heads
         try:
@@ -193,6 +233,77 @@ class HttpSession(asyncio.Protocol):
             limits = self.ctx.limits
             if self._head_bytes > limits.max_header_size + limits.max_uri + _HEAD_SLACK:
                 self._protocol_error(ProtocolError("request head too large", 431))
+                return
+        if not self._slicing:
+            self._after_read()
+
+    def _after_read(self) -> None:
+        """Once per read: send the body chunks it yielded in one write, time a new body."""
+        exchange = self.exchange
+        if exchange is not None and exchange.body_out:
+            exchange.flush_request_body()
+        request = self._parsing
+        if request is not None and request is not self._rate_request and request.framing:
+            rate = self.ctx.limits.min_body_rate
+            if rate:
+                self._rate_request = request
+                self._rate_from = now = self.loop.time()
+                self._rate_bytes = request.body_received
+                self.arm(now + self.ctx.limits.body_rate_window)
+
+    def _feed_fairly(self, data: bytes, pos: int = 0) -> None:
+        """Parse a long read of a chunked body in slices, up to _CHUNK_BUDGET chunks per loop
+        turn; the rest waits (reading paused) until other ready connections have run."""
+        self._slicing = True
+        self._chunks = 0
+        dense = 0  # chunks parsed in slices that held several: the ones that cost
+        end = len(data)
+        size = _SLICE
+        try:
+            while pos < end and not self._closing:
+                before = self._chunks
+                self.data_received(data[pos : pos + size])
+                pos += size
+                parsed = self._chunks - before
+                if parsed < 2:
+                    # few chunks in this slice: large ones, cheap to parse; take more at once
+                    size = min(size * 4, _SLICE_MAX)
+                    continue
+                dense += parsed
+                if dense >= _CHUNK_BUDGET:
+                    if pos < end:
+                        self._rest = data
+                        self._rest_at = pos
+                        self.pause_reading(FAIR)
+                        self.loop.call_soon(self._feed_rest)
+                    break
+        finally:
+            self._slicing = False
+        if not self._closing and not self._rest:  # the whole read is parsed: one write
+            self._after_read()
+
+    def _feed_rest(self) -> None:
+        rest, self._rest = self._rest, b""
+        if self._closing:
+            return
+        self._feed_fairly(rest, self._rest_at)
+        if not self._rest:
+            self.resume_reading(FAIR)
+
+    def _answer_refused(self) -> None:
+        reason = "too many connections from this client"
+        self.log_local("-", self._url.decode("latin-1") or "-", 429, reason)
+        self.send_error(429, reason)
+
+    def refuse(self) -> None:
+        """The listener accepted this connection beyond its client's limit: answer its first
+        request with 429, then close."""
+        self._refused = True
+
+    def reclaim(self) -> None:
+        """The listener needs this idle session's place: close it (nothing is in flight)."""
+        self._idle = False
+        self._close_now()
 
     def eof_received(self) -> bool | None:
         # A client may half-close after its last request and still read the answers: keep
@@ -204,7 +315,8 @@ class HttpSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self.ctx.sessions.discard(self)
+        self._rest = b""
+        self.ctx.registry.closed(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -301,6 +413,7 @@ class HttpSession(asyncio.Protocol):
         request = self._parsing
         if request is None:
             return
+        self._chunks += 1
         request.body_received += len(body)
         limit = self.ctx.limits.max_request_body
         if limit and request.body_received > limit:
@@ -518,6 +631,8 @@ class HttpSession(asyncio.Protocol):
         if self._parsing is None and not self.header_deadline:
             self.idle_deadline = self.loop.time() + self.ctx.timeouts.idle
             self.arm(self.idle_deadline)
+            self._idle = True
+            self.ctx.registry.idle(self)
 
     # ------------------------------------------------------------ errors and closing
 
@@ -625,6 +740,38 @@ class HttpSession(asyncio.Protocol):
             self._timer_at = when
             self._timer = self.loop.call_at(when, self._on_timer)
 
+    def _check_body_rate(self, now: float) -> float:
+        """limits.min_body_rate: -1 when the body was cut, else when to look again."""
+        request = self._rate_request
+        if request is None or request is not self._parsing:
+            self._rate_request = None  # that body is complete (or the session moved on)
+            return INF
+        limits = self.ctx.limits
+        window = limits.body_rate_window
+        if self._paused:
+            # bascule itself is not reading (a full upstream, say): not the client's fault
+            self._rate_from = now
+            self._rate_bytes = request.body_received
+            return now + window
+        end = self._rate_from + window
+        if end > now:
+            return end
+        if request.body_received - self._rate_bytes < limits.min_body_rate * (
+            now - self._rate_from
+        ):
+            self._rate_request = None
+            reason = "request body too slow"
+            exchange = self.exchange
+            if exchange is not None and exchange.request is request:
+                exchange.client_failed(408, reason)
+            else:
+                self.log_local(request.method, request.target.decode("latin-1"), 408, reason)
+                self.abort()
+            return -1
+        self._rate_from = now
+        self._rate_bytes = request.body_received
+        return now + window
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = INF
@@ -669,6 +816,11 @@ class HttpSession(asyncio.Protocol):
                         "request body timeout",
                     )
                     self.abort()
+                return
+            nxt = min(nxt, d)
+        if self._rate_request is not None:
+            d = self._check_body_rate(now)
+            if d < 0:
                 return
             nxt = min(nxt, d)
         if self.write_paused_since:
