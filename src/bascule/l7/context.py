@@ -56,16 +56,20 @@ class ListenerContext:
         "clusters",
         "connector",
         "draining",
+        "escaped_slashes",
         "forwarded",
         "limits",
         "loop",
+        "merge_slashes",
         "name",
+        "normalize_path",
         "registry",
         "router",
         "server_name",
         "spec",
         "timeouts",
         "trusted",
+        "underscores",
         "via",
         "via_line",
     )
@@ -81,6 +85,11 @@ class ListenerContext:
     ) -> None:
         self.spec = spec
         self.name = spec.name
+        # read per request: plain attributes, not pydantic lookups
+        self.normalize_path = spec.normalize_path
+        self.merge_slashes = spec.merge_slashes
+        self.escaped_slashes = spec.path_with_escaped_slashes
+        self.underscores = spec.headers_with_underscores
         self.router = Router(spec.routes)
         self.clusters = clusters
         self.limits = spec.limits

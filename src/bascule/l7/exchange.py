@@ -493,10 +493,10 @@ class Exchange:
         target = request.target
         if route.rewrite_prefix is not None:
             path = route.rewrite(request.path)
-            spec = self.ctx.spec
-            if spec.normalize_path:
+            ctx = self.ctx
+            if ctx.normalize_path:
                 # `/api..` under a prefix `/api` rewritten to `/v1/` would be `/v1/..`
-                path = resolve_path(path, spec.merge_slashes)
+                path = resolve_path(path, ctx.merge_slashes)
             target = (path + ("?" + request.query if request.query else "")).encode("latin-1")
         edits = route.request_edits
         if session.trusted_peer:

@@ -514,9 +514,9 @@ class HttpSession(asyncio.Protocol):
             # A client may not make framing or Host "hop-by-hop": dropping them would let the
             # body be read as a second request upstream (smuggling).
             request.conn_tokens = connection_tokens(connection) - _NOT_HOP_BY_HOP
-        spec = self.ctx.spec
-        if spec.headers_with_underscores != "allow":
-            request.headers = drop_underscored(request.headers, spec.headers_with_underscores)
+        ctx = self.ctx
+        if ctx.underscores != "allow":
+            request.headers = drop_underscored(request.headers, ctx.underscores)
         target = request.target
         if FRAGMENT in target:
             # RFC 9112 §3.2: no fragment; servers differ on where the path ends if one is sent
@@ -550,7 +550,7 @@ class HttpSession(asyncio.Protocol):
         request.query = query.decode("latin-1")
         if path != "*":
             normal = normalize_path(
-                path, spec.normalize_path, spec.merge_slashes, spec.path_with_escaped_slashes
+                path, ctx.normalize_path, ctx.merge_slashes, ctx.escaped_slashes
             )
             if normal != path:
                 # what the route matches is what goes upstream and into the access log
