@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bascule import __version__
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -42,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_version() -> None:
-    print(f"bascule {__version__}")
+    """The version and which build runs, compiled or pure (see bascule.build_info)."""
+    from bascule.build_info import version_line
+
+    print(version_line())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,11 @@ file gives the same result on every run.
 
 from __future__ import annotations
 
+import ast
+import sys
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,6 +83,40 @@ def test_registry_names() -> None:
         "maglev",
     } <= set(BALANCERS)
     assert BALANCERS["round_robin"] is BALANCERS["weighted"]
+
+
+def keyword_only_parameters(factory: Callable[..., Balancer]) -> frozenset[str]:
+    """The keyword-only parameters of a balancer class's __init__, read from its .py source.
+
+    The source, not inspect.signature: a compiled class has no signature, and the .py file
+    ships beside the compiled module.
+    """
+    module_file = sys.modules[factory.__module__].__file__
+    assert module_file is not None
+    source = Path(module_file).with_name(factory.__module__.rpartition(".")[2] + ".py")
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ClassDef) and node.name == factory.__name__:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    return frozenset(arg.arg for arg in item.args.kwonlyargs)
+    raise AssertionError(f"no __init__ for {factory.__name__} in {source}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_options_are_the_factory_parameters(name: str) -> None:
+    assert balancer_options(name) == keyword_only_parameters(BALANCERS[name])
+
+
+GOOD_OPTIONS = {"seed": 3, "choice_count": 3, "decay": 2.5, "ring_size": 16, "table_size": 13}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_declared_option_is_accepted(name: str) -> None:
+    options = {option: GOOD_OPTIONS[option] for option in balancer_options(name)}
+    balancer = make_balancer(name, endpoints([1, 2]), **options)
+    for option, value in options.items():
+        if option != "seed":
+            assert getattr(balancer, option) == value
 
 
 def test_unknown_balancer_is_a_value_error() -> None:

@@ -2,8 +2,12 @@
 
 Rules of this module:
 - `BALANCERS` maps each config name to a factory called as `factory(endpoints, **options)`.
-  Options are keyword-only parameters of the factory; `make_balancer` refuses unknown names
-  and unknown or bad options with a ValueError whose message the config layer can show as is.
+  Options are keyword-only parameters of the factory, declared again in `OPTIONS` because a
+  compiled (mypyc) class has no signature to read. They are typed `object`: each factory
+  validates its raw config values itself, so a bad one is a ValueError in both builds (a typed
+  parameter of a compiled class would raise TypeError first). `make_balancer` refuses unknown
+  names and unknown or bad options with a ValueError whose message the config layer can show
+  as is.
 - `round_robin` and `weighted` are the same thing, nginx's smooth weighted round robin, so the
   simplest config behaves as nginx users expect (with equal weights it is plain round robin);
   `plain_round_robin` ignores weights. `source_ip` and `hash` are the same map-based hash: the
@@ -15,7 +19,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,15 +46,28 @@ BALANCERS: dict[str, BalancerFactory] = {
     "maglev": Maglev,
 }
 
+_SEED = frozenset({"seed"})
+OPTIONS: dict[str, frozenset[str]] = {
+    "round_robin": frozenset(),
+    "weighted": frozenset(),
+    "plain_round_robin": frozenset(),
+    "random": _SEED,
+    "least_connections": frozenset(),
+    "least_request": _SEED | {"choice_count"},
+    "peak_ewma": _SEED | {"decay"},
+    "source_ip": _SEED,
+    "hash": _SEED,
+    "ring_hash": _SEED | {"ring_size"},
+    "maglev": _SEED | {"table_size"},
+}
+
 # Balancers whose choice depends on the key; the others ignore it.
 KEYED = frozenset({"source_ip", "hash", "ring_hash", "maglev"})
 
 
 def balancer_options(name: str) -> frozenset[str]:
     """The option names the named balancer accepts."""
-    factory = BALANCERS[name]
-    parameters = inspect.signature(factory).parameters.values()
-    return frozenset(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    return OPTIONS[name]
 
 
 def make_balancer(name: str, endpoints: Sequence[Endpoint], **options: Any) -> Balancer:
@@ -72,6 +88,7 @@ def make_balancer(name: str, endpoints: Sequence[Endpoint], **options: Any) -> B
 __all__ = [
     "BALANCERS",
     "KEYED",
+    "OPTIONS",
     "Accept",
     "Balancer",
     "Endpoint",

@@ -58,7 +58,7 @@ RING_WALK_LIMIT = 1024
 class Hash:
     """HAProxy's map-based hash: key hash modulo the total weight picks the endpoint."""
 
-    def __init__(self, endpoints: Sequence[Endpoint], *, seed: int | None = None) -> None:
+    def __init__(self, endpoints: Sequence[Endpoint], *, seed: object = None) -> None:
         self.endpoints = tuple(endpoints)
         self._tiers = tiers(self.endpoints)
         self._cumulative = [list(accumulate(e.weight for e in t)) for t in self._tiers]
@@ -156,8 +156,8 @@ class RingHash:
         self,
         endpoints: Sequence[Endpoint],
         *,
-        ring_size: int = DEFAULT_RING_SIZE,
-        seed: int | None = None,
+        ring_size: object = DEFAULT_RING_SIZE,
+        seed: object = None,
     ) -> None:
         self.endpoints = tuple(endpoints)
         self.ring_size = check_int("ring_size", ring_size, 1)

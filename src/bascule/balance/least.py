@@ -71,7 +71,7 @@ class LeastConnections:
             for i, endpoint in enumerate(tier):
                 if not endpoint.available or (accept is not None and not accept(endpoint)):
                     continue
-                weight: float = endpoint.weight
+                weight = float(endpoint.weight)
                 if endpoint.slow_start or weight <= 0:  # the common case skips a call
                     weight = _weight(endpoint)
                 cost = endpoint.active / weight
@@ -115,8 +115,8 @@ class LeastRequest:
         self,
         endpoints: Sequence[Endpoint],
         *,
-        choice_count: int = 2,
-        seed: int | None = None,
+        choice_count: object = 2,
+        seed: object = None,
     ) -> None:
         self.endpoints = tuple(endpoints)
         self.choice_count = check_int("choice_count", choice_count, 2)
@@ -156,8 +156,8 @@ class PeakEwma:
         self,
         endpoints: Sequence[Endpoint],
         *,
-        decay: float = DEFAULT_EWMA_DECAY_S,
-        seed: int | None = None,
+        decay: object = DEFAULT_EWMA_DECAY_S,
+        seed: object = None,
     ) -> None:
         self.endpoints = tuple(endpoints)
         self.decay = check_seconds("decay", decay)

@@ -136,8 +136,8 @@ class Maglev:
         self,
         endpoints: Sequence[Endpoint],
         *,
-        table_size: int = DEFAULT_TABLE_SIZE,
-        seed: int | None = None,
+        table_size: object = DEFAULT_TABLE_SIZE,
+        seed: object = None,
     ) -> None:
         self.endpoints = tuple(endpoints)
         self.table_size = check_int("table_size", table_size, 2)

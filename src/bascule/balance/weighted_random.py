@@ -23,7 +23,7 @@ from bascule.balance.endpoint import Endpoint
 class WeightedRandom:
     """A random eligible endpoint, in proportion to its effective weight."""
 
-    def __init__(self, endpoints: Sequence[Endpoint], *, seed: int | None = None) -> None:
+    def __init__(self, endpoints: Sequence[Endpoint], *, seed: object = None) -> None:
         self.endpoints = tuple(endpoints)
         rng = make_rng(check_seed(seed))
         self._samplers = [WeightedSampler(t, rng) for t in tiers(self.endpoints)]
