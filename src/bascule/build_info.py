@@ -1,17 +1,19 @@
 """Which build of bascule is running: compiled (mypyc) or the pure-Python twin.
 
 Rules of this module:
-- It answers from the modules actually imported, never from how the package was installed:
-  a pure .py file shadowed by a stale compiled one (or the reverse) shows here as it runs.
+- It answers from the files Python loads, never from how the package was installed: a pure
+  .py file shadowed by a stale compiled one (or the reverse) shows here as it runs. A module
+  already imported answers with its own file; another with the file its import would load.
 - `bascule.l7.exchange` stands for the compiled set: setup.py compiles every module of l7,
   codec and upstream together or none of them.
-- It imports nothing of the data plane at module level, so `bascule version` stays cheap.
+- It imports nothing of the data plane, so `bascule version` stays cheap.
 """
 
 from __future__ import annotations
 
-import importlib
+import sys
 from importlib.machinery import EXTENSION_SUFFIXES
+from importlib.util import find_spec
 
 from bascule import __version__
 
@@ -31,9 +33,14 @@ COMPILED_MODULES = (
 
 
 def is_extension(module_name: str) -> bool:
-    """Whether the named module, once imported, was loaded from a compiled extension file."""
-    path = getattr(importlib.import_module(module_name), "__file__", None) or ""
-    return path.endswith(tuple(EXTENSION_SUFFIXES))
+    """Whether the named module is (or would be) loaded from a compiled extension file."""
+    module = sys.modules.get(module_name)
+    if module is not None:
+        path = getattr(module, "__file__", None)
+    else:
+        spec = find_spec(module_name)
+        path = spec.origin if spec is not None else None
+    return (path or "").endswith(tuple(EXTENSION_SUFFIXES))
 
 
 def is_compiled() -> bool:
