@@ -32,6 +32,7 @@ $(COMPILED_STAMP): pyproject.toml setup.py $(SOURCES)
 	rm -rf build
 	$(CPY) -m pip install -q '.[dev]'
 	rm -rf build
+	PYTHONSAFEPATH=1 $(CPY) -m bascule version  # says "(pure Python)" if compiling failed
 	touch $(COMPILED_STAMP)
 
 compiled: $(COMPILED_STAMP)
