@@ -3,8 +3,9 @@
 Rules of this module:
 - The metadata lives in pyproject.toml; this file only decides the extension modules.
 - mypyc compiles the orchestration modules: everything under `bascule/l7`, `bascule/codec`,
-  `bascule/upstream`, and `bascule/control/access_log.py`. Every `bascule/**/*.pyx` is
-  cythonized, whatever its name, so a new compiled codec needs no change here.
+  `bascule/upstream`, `bascule/balance` and `bascule/observe` (the access log). Every
+  `bascule/**/*.pyx` is cythonized, whatever its name, so a new compiled codec needs no change
+  here.
 - The pure build always works: `BASCULE_NO_EXTENSIONS=1` asks for it; a mypyc type error, a
   missing Cython or a failing C compiler falls back to it with a warning on stderr. The .py
   files always ship, so a build without extensions is the pure twin, not a broken package.
@@ -24,8 +25,13 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-MYPYC_PACKAGES = ("bascule/l7", "bascule/codec", "bascule/upstream")
-MYPYC_MODULES = ("bascule/control/access_log.py",)
+MYPYC_PACKAGES = (
+    "bascule/l7",
+    "bascule/codec",
+    "bascule/upstream",
+    "bascule/balance",
+    "bascule/observe",
+)
 
 
 def warn(message: str, outcome: str = "building pure Python") -> None:
@@ -44,7 +50,6 @@ def mypyc_sources(root: Path) -> list[str]:
     """The .py files mypyc compiles, relative to the project root (mypyc wants them so)."""
     src = root / "src"
     files = [path for package in MYPYC_PACKAGES for path in (src / package).rglob("*.py")]
-    files += [src / module for module in MYPYC_MODULES if (src / module).exists()]
     return sorted(str(path.relative_to(root)) for path in files)
 
 

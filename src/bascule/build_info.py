@@ -5,7 +5,7 @@ Rules of this module:
   .py file shadowed by a stale compiled one (or the reverse) shows here as it runs. A module
   already imported answers with its own file; another with the file its import would load.
 - `bascule.l7.exchange` stands for the compiled set: setup.py compiles every module of l7,
-  codec and upstream together or none of them.
+  codec, upstream, balance and observe together, or none of them.
 - It imports nothing of the data plane, so `bascule version` stays cheap.
 """
 
@@ -27,8 +27,8 @@ COMPILED_MODULES = (
     "bascule.codec.headers",
     "bascule.upstream.cluster",
     "bascule.upstream.pool",
-    "bascule.upstream.balancers.maglev",
-    "bascule.control.access_log",
+    "bascule.balance.maglev",
+    "bascule.observe.access_log",
 )
 
 

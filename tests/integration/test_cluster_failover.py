@@ -70,11 +70,17 @@ def load(port: int, seconds: float, threads: int = 4) -> tuple[list[str], list[s
     answered: list[str] = []
     errors: list[str] = []
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
+    # The window opens once every client exists: on a busy machine making four httpx clients
+    # can take longer than a short window, which then saw no request at all.
+    stop = [0.0]
+    ready = threading.Barrier(
+        threads, action=lambda: stop.__setitem__(0, time.monotonic() + seconds), timeout=30
+    )
 
     def client() -> None:
         with httpx.Client(timeout=5) as c:
-            while time.monotonic() < stop:
+            ready.wait()
+            while time.monotonic() < stop[0]:
                 try:
                     r = c.get(f"http://127.0.0.1:{port}/")
                     item = json.loads(r.content)["backend"] if r.status_code == 200 else None

@@ -32,9 +32,12 @@ HOT_MODULES = sorted(
         *build_info.COMPILED_MODULES,
         "bascule.l7.context",
         "bascule.l7.request",
-        "bascule.upstream.endpoint",
+        "bascule.balance.endpoint",
         "bascule.upstream.health",
-        "bascule.upstream.balancers.least",
+        "bascule.balance.least",
+        "bascule.codec.chunked",
+        "bascule.l7.retry",
+        "bascule.upstream.connect",
     }
 )
 
@@ -112,12 +115,13 @@ def test_mypyc_compiles_every_orchestration_module(setup_module: ModuleType) -> 
     sources = set(setup_module.mypyc_sources(ROOT))
     expected = {
         str(path.relative_to(ROOT))
-        for package in ("l7", "codec", "upstream")
+        for package in ("l7", "codec", "upstream", "balance", "observe")
         for path in (ROOT / "src/bascule" / package).rglob("*.py")
-    } | {"src/bascule/control/access_log.py"}
+    }
     assert sources == expected
-    assert "src/bascule/upstream/balancers/maglev.py" in sources
-    assert not any("/config/" in s or "/runtime/" in s or "/packet/" in s for s in sources)
+    assert {"src/bascule/balance/maglev.py", "src/bascule/observe/access_log.py"} <= sources
+    pure = ("/config/", "/runtime/", "/packet/", "/testing/", "/control/", "/cli.py")
+    assert not any(part in s for s in sources for part in pure)
 
 
 def test_no_extensions_variable_forces_pure(
