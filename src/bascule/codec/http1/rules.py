@@ -1,15 +1,13 @@
-"""HTTP/1.1 message rules that do not need a socket: framing checks, heads, chunks, errors.
+"""HTTP/1.1 framing rules a proxy applies to a head's field values (RFC 9112 §6).
 
 Rules of this module:
-- No I/O, no asyncio: bytes and header lists in, verdicts and bytes out. httptools (llhttp)
-  does the tokenising; this module adds what a proxy must refuse on top of it (RFC 9112 §6.3)
-  and serialises what a proxy sends.
+- No I/O: field values in, a verdict out. Both head codecs (the pure one and the compiled one)
+  call these for the rare shapes, so a refusal reads the same whichever codec runs.
 - A refusal is a `ProtocolError` carrying the status it implies (h11's `error_status_hint`).
 """
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Final
 
 
@@ -26,6 +24,7 @@ class ProtocolError(Exception):
 NO_BODY: Final = 0
 LENGTH: Final = 1
 CHUNKED: Final = 2
+UNTIL_CLOSE: Final = 3  # responses only: the body ends when the endpoint closes
 
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -59,46 +58,3 @@ def parse_transfer_encoding(values: list[bytes]) -> None:
 def response_has_body(request_method: str, status: int) -> bool:
     """RFC 9112 §6.3 rule 1: HEAD, 1xx, 204 and 304 responses end at their head."""
     return not (request_method == "HEAD" or status < 200 or status in (204, 304))
-
-
-def reason_phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b"Unknown"
-
-
-LAST_CHUNK: Final = b"0\r\n\r\n"
-CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def simple_response(
-    status: int,
-    body: bytes = b"",
-    *,
-    close: bool = False,
-    content_type: bytes = b"text/plain; charset=utf-8",
-    extra: list[tuple[bytes, bytes]] | None = None,
-    head_only: bool = False,
-    version: bytes = b"HTTP/1.1",
-) -> bytes:
-    """A whole response bascule writes itself: errors, redirects, direct responses."""
-    lines = [b"%s %d %s\r\n" % (version, status, reason_phrase(status))]
-    lines.append(b"Server: bascule\r\n")
-    if body or status not in (204, 304):
-        lines.append(b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type, len(body)))
-    for name, value in extra or ():
-        lines.append(b"%s: %s\r\n" % (name, value))
-    if close:
-        lines.append(b"Connection: close\r\n")
-    lines.append(b"\r\n")
-    if not head_only:
-        lines.append(body)
-    return b"".join(lines)
-
-
-def error_body(status: int, detail: str = "") -> bytes:
-    text = f"{status} {reason_phrase(status).decode()}"
-    if detail:
-        text += f": {detail}"
-    return text.encode("utf-8", "replace") + b"\n"
