@@ -5,16 +5,17 @@ Rules of this module:
 - Same signatures, verdicts, statuses, reasons and outputs as head.py, check for check and in
   the same order (tests/unit/test_http1_diff.py compares the two on generated heads). When
   head.py changes a rule, this file changes with it.
-- The hot part (finding the head, tokenising the lines, checking every byte against a table,
-  a request's framing rules) runs over the buffer's own memory; every index stays below its
-  length. The rest (Transfer-Encoding, a bad Content-Length, the target's form, Connection
-  tokens, a response's framing) calls head.py's and rules.py's own functions, so their
-  verdicts are the reference's by construction.
+- The hot part runs in C over the buffer's own memory, every index below its length: finding
+  the head, tokenising its lines, checking every byte against a table, the framing rules, an
+  origin-form target, Connection tokens, the route host. The rare shapes (Transfer-Encoding
+  lists, a bad Content-Length, absolute-form and `*` targets, non-ASCII hosts) call head.py's
+  and rules.py's own functions, so their verdicts are the reference's by construction.
 - Objects are made only for what the head returns: the name, lower-cased name and value of
   each field, and head.py's RequestHead/ResponseHead.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.string cimport memchr, memcmp
 
 from bascule.codec.http1.head import (
@@ -23,9 +24,13 @@ from bascule.codec.http1.head import (
     MAX_RESPONSE_FIELDS,
     MAX_RESPONSE_HEAD,
     METHODS,
+    NOT_HOP_BY_HOP,
     Gathered,
+    RequestHead,
+    ResponseHead,
     finish_request,
-    finish_response,
+    response_framing,
+    route_host,
 )
 from bascule.codec.http1.rules import ProtocolError, parse_content_length, parse_transfer_encoding
 
@@ -99,6 +104,11 @@ cdef inline Py_ssize_t _find_end(const unsigned char *p, Py_ssize_t a, Py_ssize_
     return <const unsigned char *>q - p
 
 
+cdef inline bytes _bytes(const unsigned char *p, Py_ssize_t a, Py_ssize_t b):
+    """buf[a:b] without a slice object."""
+    return PyBytes_FromStringAndSize(<const char *>p + a, b - a)
+
+
 cdef inline int _version(const unsigned char *p, Py_ssize_t a, Py_ssize_t b):
     """11 for HTTP/1.1, 10 for HTTP/1.0, 0 otherwise."""
     if b - a != 8 or memcmp(p + a, b"HTTP/1.", 7) != 0:
@@ -149,14 +159,14 @@ cdef _Line _request_line(bytes buf, const unsigned char *p, Py_ssize_t a, Py_ssi
         raise ProtocolError("unsupported HTTP version")
     if sp1 - a == 7 and memcmp(p + a, b"CONNECT", 7) == 0:
         raise ProtocolError("CONNECT is not supported by a reverse proxy", 501)
-    cdef bytes method_raw = buf[a:sp1]
+    cdef bytes method_raw = _bytes(p, a, sp1)
     method = METHODS.get(method_raw)
     if method is None:
         raise ProtocolError("method not implemented", 501)
     cdef _Line line = _Line.__new__(_Line)
     line.method_raw = method_raw
     line.method = method
-    line.target = buf[sp1 + 1:sp2]
+    line.target = _bytes(p, sp1 + 1, sp2)
     line.version = version
     return line
 
@@ -237,8 +247,30 @@ cdef inline bint _is(const unsigned char *low, Py_ssize_t n, const char *name, P
     return n == k and memcmp(low, name, <size_t>k) == 0
 
 
+cdef class _G:
+    """head.Gathered, with C attributes: the fields the framing rules read."""
+    cdef list hosts, lengths, codings, connection
+    cdef bytes upgrade
+    cdef bint expect_continue
+
+    def __cinit__(self):
+        self.hosts = []
+        self.lengths = []
+        self.codings = []
+        self.connection = []
+        self.upgrade = b""
+        self.expect_continue = False
+
+    cdef object as_gathered(self):
+        g = Gathered()
+        g.hosts, g.lengths, g.codings, g.connection = (self.hosts, self.lengths, self.codings,
+                                                        self.connection)
+        g.upgrade, g.expect_continue = self.upgrade, self.expect_continue
+        return g
+
+
 cdef list _split_fields(bytes buf, const unsigned char *p, Py_ssize_t a, Py_ssize_t b, int status,
-                        g):
+                        _G g):
     """head.split_fields over buf[a:b] (already vetted by _check_section)."""
     cdef list fields = []
     cdef Py_ssize_t i = a, e, colon, j, vs, ve, k
@@ -268,24 +300,110 @@ cdef list _split_fields(bytes buf, const unsigned char *p, Py_ssize_t a, Py_ssiz
         while ve > vs and (p[ve - 1] == 32 or p[ve - 1] == 9):
             ve -= 1
         k = colon - i
-        name = buf[i:colon]
+        name = _bytes(p, i, colon)
         lname = PyBytes_FromStringAndSize(NULL, k)
         low = PyBytes_AS_STRING(lname)
         for j in range(k):
             low[j] = p[i + j] + 32 if 65 <= p[i + j] <= 90 else p[i + j]
-        value = buf[vs:ve]
+        value = _bytes(p, vs, ve)
         fields.append((lname, name, value))
-        if _special(<const unsigned char *>low, k):
-            g.add(lname, value)
+        _gather(g, <const unsigned char *>low, k, value)
         i = e + 2
     return fields
 
 
-cdef inline bint _special(const unsigned char *low, Py_ssize_t k):
-    """A name head.Gathered keeps: only those pay for a Python call."""
-    return (_is(low, k, b"host", 4) or _is(low, k, b"content-length", 14)
-            or _is(low, k, b"transfer-encoding", 17) or _is(low, k, b"connection", 10)
-            or _is(low, k, b"upgrade", 7) or _is(low, k, b"expect", 6))
+cdef inline void _gather(_G g, const unsigned char *low, Py_ssize_t k, bytes value) except *:
+    """head.Gathered.add."""
+    if _is(low, k, b"host", 4):
+        g.hosts.append(value)
+    elif _is(low, k, b"content-length", 14):
+        g.lengths.append(value)
+    elif _is(low, k, b"transfer-encoding", 17):
+        g.codings.append(value)
+    elif _is(low, k, b"connection", 10):
+        g.connection.append(value)
+    elif _is(low, k, b"upgrade", 7):
+        g.upgrade = value if not g.upgrade else g.upgrade + b", " + value
+    elif _is(low, k, b"expect", 6) and value.lower() == b"100-continue":
+        g.expect_continue = True
+
+
+cdef frozenset _tokens(list values):
+    """head.tokens_of: the comma-separated tokens, stripped and lower-cased."""
+    cdef list out = []
+    cdef bytes v, t
+    cdef const unsigned char *p
+    cdef const unsigned char *q
+    cdef Py_ssize_t n, i, j, a, b, x
+    cdef char *low
+    if not values:
+        return _NO_TOKENS
+    for v in values:
+        p = <const unsigned char *>PyBytes_AS_STRING(v)
+        n = PyBytes_GET_SIZE(v)
+        i = 0
+        while i <= n:
+            q = <const unsigned char *>memchr(p + i, 44, <size_t>(n - i)) if i < n else NULL
+            j = n if q == NULL else q - p
+            a = i
+            b = j
+            while a < b and (p[a] == 32 or p[a] == 9):
+                a += 1
+            while b > a and (p[b - 1] == 32 or p[b - 1] == 9):
+                b -= 1
+            if b > a:
+                t = PyBytes_FromStringAndSize(NULL, b - a)
+                low = PyBytes_AS_STRING(t)
+                for x in range(b - a):
+                    low[x] = p[a + x] + 32 if 65 <= p[a + x] <= 90 else p[a + x]
+                out.append(t)
+            i = j + 1
+    return frozenset(out)
+
+
+cdef frozenset _NO_TOKENS = frozenset()
+
+
+cdef inline frozenset _hop(frozenset tokens):
+    """head.hop_tokens."""
+    if tokens and not tokens.isdisjoint(NOT_HOP_BY_HOP):
+        return tokens - NOT_HOP_BY_HOP
+    return tokens
+
+
+cdef inline bint _keep_alive(bint v11, frozenset tokens):
+    """head.keep_alive_of."""
+    if b"close" in tokens:
+        return False
+    return v11 or b"keep-alive" in tokens
+
+
+cdef str _route_host(bytes raw):
+    """head.route_host, in C for ASCII hosts (str.lower() lower-cases Latin-1 letters too)."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), i, cut
+    cdef char buf[256]
+    if n == 0:
+        return ""
+    if n > 255:
+        return route_host(raw)
+    cut = n
+    if p[0] == 91:  # "[": an IPv6 literal keeps its brackets
+        cut = 0
+        for i in range(n):
+            if p[i] == 93:
+                cut = i + 1
+                break
+    else:
+        for i in range(n):
+            if p[i] == 58:
+                cut = i
+                break
+    for i in range(cut):
+        if p[i] >= 128:
+            return route_host(raw)
+        buf[i] = p[i] + 32 if 65 <= p[i] <= 90 else p[i]
+    return PyUnicode_DecodeLatin1(buf, cut, NULL)
 
 
 cdef long long _content_length(list lengths) except -2:
@@ -337,15 +455,16 @@ def parse_request_head(bytes buf not None, limits):
     cdef Py_ssize_t section_end = pos if pos > line_end else fields_start
     _check_section(p, fields_start, section_end, limits.max_header_size, limits.max_headers, 431,
                    400, False)
-    g = Gathered()
+    cdef _G g = _G()
     cdef list fields = _split_fields(buf, p, fields_start, section_end, 400, g)
     return _request(line, fields, g, limits, start, fields_start, pos + 4)
 
 
-cdef _request(_Line line, list fields, g, limits, Py_ssize_t start, Py_ssize_t fields_start,
+cdef _request(_Line line, list fields, _G g, limits, Py_ssize_t start, Py_ssize_t fields_start,
               Py_ssize_t end):
     """head._request: the framing rules, in the same order."""
     cdef list hosts = g.hosts, lengths = g.lengths, codings = g.codings
+    cdef const unsigned char *q
     cdef bint v11 = line.version == 11
     cdef int framing = NO_BODY
     cdef long long content_length = -1
@@ -367,8 +486,24 @@ cdef _request(_Line line, list fields, g, limits, Py_ssize_t start, Py_ssize_t f
             limit = limits.max_request_body
             if limit and content_length > limit:
                 raise ProtocolError("request body too large", 413)
-    return finish_request(line.method_raw, line.method, line.target, "1.1" if v11 else "1.0",
-                          fields, g, framing, content_length, start, fields_start, end)
+    cdef bytes target = line.target
+    cdef const unsigned char *t = <const unsigned char *>PyBytes_AS_STRING(target)
+    cdef Py_ssize_t tn = PyBytes_GET_SIZE(target), qi
+    version = "1.1" if v11 else "1.0"
+    if t[0] != 47:  # not origin-form: head.finish_request has the rules for the others
+        return finish_request(line.method_raw, line.method, target, version, fields,
+                              g.as_gathered(), framing, content_length, start, fields_start, end)
+    q = <const unsigned char *>memchr(t, 63, <size_t>tn)
+    qi = tn if q == NULL else q - t
+    tokens = _tokens(g.connection)
+    host_raw = hosts[0] if hosts else b""
+    return RequestHead(
+        line.method_raw, line.method, target, PyUnicode_DecodeLatin1(<const char *>t, qi, NULL),
+        PyUnicode_DecodeLatin1(<const char *>t + qi + 1, tn - qi - 1, NULL) if qi < tn else "",
+        version, fields, _route_host(host_raw), host_raw, framing, content_length,
+        _keep_alive(v11, tokens), g.expect_continue, g.upgrade, _hop(tokens), False, start,
+        fields_start, end,
+    )
 
 
 # ------------------------------------------------------------------ responses
@@ -391,7 +526,7 @@ cdef tuple _status_line(bytes buf, const unsigned char *p, Py_ssize_t a, Py_ssiz
     status = (p[a + 9] - 48) * 100 + (p[a + 10] - 48) * 10 + (p[a + 11] - 48)
     if status > 599:
         raise ProtocolError("status code out of range", 502)
-    return status, buf[rs:b], "1.1" if version == 11 else "1.0"
+    return status, _bytes(p, rs, b), "1.1" if version == 11 else "1.0"
 
 
 cdef void _check_partial_status_line(bytes buf, const unsigned char *p, Py_ssize_t n,
@@ -431,7 +566,17 @@ def parse_response_head(bytes buf not None, str request_method not None,
     cdef Py_ssize_t fields_start = line_end + 2
     cdef Py_ssize_t section_end = pos if pos > line_end else fields_start
     _check_section(p, fields_start, section_end, max_size, max_fields, 502, 502, False)
-    g = Gathered()
+    cdef _G g = _G()
     cdef list fields = _split_fields(buf, p, fields_start, section_end, 502, g)
-    return finish_response(status, reason, version, fields, g, request_method, fields_start,
-                           pos + 4)
+    return _response(status, reason, version, fields, g, request_method, fields_start, pos + 4)
+
+
+cdef _response(int status, bytes reason, str version, list fields, _G g, str request_method,
+               Py_ssize_t fields_start, Py_ssize_t end):
+    """head.finish_response: framing for the request's method, in the same order."""
+    cdef bint v11 = version == "1.1"
+    framing, content_length = response_framing(g.as_gathered(), version, request_method, status)
+    tokens = _tokens(g.connection)
+    return ResponseHead(status, reason, version, fields, framing, content_length,
+                        framing != UNTIL_CLOSE and _keep_alive(v11, tokens), _hop(tokens),
+                        fields_start, end)

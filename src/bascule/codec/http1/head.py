@@ -595,7 +595,20 @@ def finish_response(
     fields_start: int,
     end: int,
 ) -> ResponseHead:
-    """A response's framing rules (RFC 9112 §6.3), shared by both twins."""
+    """A response's framing rules (RFC 9112 §6.3)."""
+    framing, content_length = response_framing(g, version, request_method, status)
+    tokens = tokens_of(g.connection)
+    keep_alive = framing != UNTIL_CLOSE and keep_alive_of(version, tokens)
+    return ResponseHead(
+        status, reason, version, fields, framing, content_length, keep_alive,
+        hop_tokens(tokens), fields_start, end,
+    )  # fmt: skip
+
+
+def response_framing(
+    g: Gathered, version: str, request_method: str, status: int
+) -> tuple[int, int]:
+    """(framing, content_length or -1) of a response, shared by both twins."""
     content_length = -1
     chunked = False
     try:
@@ -613,16 +626,9 @@ def finish_response(
     except ProtocolError as e:
         raise ProtocolError(e.reason, 502) from None
     if not response_has_body(request_method, status):
-        framing = NO_BODY
-    elif chunked:
-        framing = CHUNKED
-    elif content_length >= 0:
-        framing = LENGTH
-    else:
-        framing = UNTIL_CLOSE
-    tokens = tokens_of(g.connection)
-    keep_alive = framing != UNTIL_CLOSE and keep_alive_of(version, tokens)
-    return ResponseHead(
-        status, reason, version, fields, framing, content_length, keep_alive,
-        hop_tokens(tokens), fields_start, end,
-    )  # fmt: skip
+        return NO_BODY, content_length
+    if chunked:
+        return CHUNKED, content_length
+    if content_length >= 0:
+        return LENGTH, content_length
+    return UNTIL_CLOSE, content_length
