@@ -13,6 +13,7 @@ from http1_twins import HEAD_ATTRS, LIMITS, TWINS, as_dict, chead, request
 
 from bascule.codec.http1 import CHUNKED, LENGTH, NO_BODY
 from bascule.codec.http1.head import MAX_EMPTY_LINES, Limits
+from bascule.config.schema import ListenerLimits
 
 
 def req(extra: bytes = b"", method: bytes = b"GET", target: bytes = b"/",
@@ -280,3 +281,13 @@ def test_the_package_picks_a_twin_and_says_which(no_extensions: str) -> None:
         assert out == ["pure", "bascule.codec.http1.head", "bascule.codec.http1.head"]
     else:
         assert out == ["compiled", "bascule.codec.http1._chead", "bascule.codec.http1._chead"]
+
+
+@pytest.mark.parametrize("codec", TWINS)
+def test_a_listeners_limits_from_the_config_serve_as_they_are(codec: ModuleType) -> None:
+    limits = ListenerLimits.model_validate(
+        {"max_uri": "1k", "max_header_size": "4k", "max_headers": 20, "max_request_body": 1000})
+    assert request(codec, req(target=b"/" + b"a" * 1024), limits)[0] == 414
+    assert request(codec, req(b"Content-Length: 1001\r\n", b"POST"), limits)[0] == 413
+    assert request(codec, req(b"X-Big: %s\r\n" % (b"b" * 4096)), limits)[0] == 431
+    assert request(codec, req(target=b"/" + b"a" * 1023), limits).path == "/" + "a" * 1023
