@@ -43,7 +43,9 @@ SMUGGLING = [
     b"Transfer-Encoding: \x0bchunked", b" Transfer-Encoding: chunked",
     b"Transfer-Encoding: chunked\x00", b"Transfer_Encoding: chunked",
     b"Transfer-Encoding: chunked, identity", b"Transfer-Encoding: identity",
-    b"Transfer-Encoding: \"chunked\"", b"Content-Length: 0\r\nContent-Length: 5",
+    b"Transfer-Encoding: chunked,", b"Transfer-Encoding: chunked\r\nTransfer-Encoding:",
+    b"Transfer-Encoding: , chunked", b"Transfer-Encoding: \"chunked\"",
+    b"Content-Length: 0\r\nContent-Length: 5",
     b"Content-Length: 5\x00", b"Content-Length: 05", b"Content-Length: 5 ",
     b"Content-Length:5", b"Content-Length: 1_0", b"Content-Length: \xb9",
     b"Connection: Upgrade\r\nUpgrade: h2c", b"Connection: content-length",
@@ -53,7 +55,8 @@ SMUGGLING = [
 METHODS = [b"GET", b"POST", b"HEAD", b"PUT", b"OPTIONS", b"DELETE", b"PATCH", b"CONNECT",
            b"PRI", b"FOO", b"get", b"G\xc9T", b"", b"GET "]
 TARGETS = [b"/", b"/a/b?c=d", b"*", b"http://h.test/p", b"HTTPS://u@h.test:8/?q", b"http://",
-           b"h.test:443", b"/a b", b"/\xff", b"/%00", b"/a#f", b"//x", b"", b"/" + b"a" * 1030]
+           b"h.test:443", b"http://<u@h.test/", b"http://h|x/", b"http://h.test#f",
+           b"/a b", b"/\xff", b"/%00", b"/a#f", b"//x", b"", b"/" + b"a" * 1030]
 VERSIONS = [b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.1", b"HTTP/2.0", b"HTTP/0.9", b"http/1.1",
             b"HTTP/1.10", b""]
 NAMES = [b"Host", b"host", b"Content-Length", b"Transfer-Encoding", b"Connection", b"Upgrade",

@@ -85,6 +85,7 @@ BROKEN = [
     ("cl+te", resp(extra=b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n")),
     ("te-gzip", resp(extra=b"Transfer-Encoding: gzip\r\n")),
     ("te-gzip-chunked", resp(extra=b"Transfer-Encoding: gzip, chunked\r\n")),
+    ("te-then-empty", resp(extra=b"Transfer-Encoding: chunked\r\nTransfer-Encoding: \r\n")),
     ("te-in-1.0", resp(extra=b"Transfer-Encoding: chunked\r\n", version=b"HTTP/1.0")),
     ("obs-fold", resp(extra=b"X-A: 1\r\n 2\r\n")),
     ("space-before-colon", resp(extra=b"X-A : 1\r\n")),

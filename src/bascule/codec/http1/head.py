@@ -39,6 +39,11 @@ Field = tuple[bytes, bytes, bytes]  # (lower-cased name, name as sent, value wit
 TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # A request target is visible ASCII only: llhttp refuses obs-text there, h11 refuses controls.
 VCHAR: Final = bytes(range(0x21, 0x7F))
+# An authority, userinfo included (RFC 3986 §3.2: unreserved, pct-encoded, sub-delims, ":",
+# "@", and the brackets of an IP literal); llhttp refuses the rest there.
+AUTHORITY_CHARS: Final = (
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;=:@[]"
+)
 # A reason phrase: HTAB, SP, VCHAR, obs-text (RFC 9112 §4).
 REASON_CHARS: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 # Field values may hold HTAB, SP, VCHAR and obs-text; CR and LF are counted apart (bare ones).
@@ -470,6 +475,8 @@ def absolute_form(target: bytes, fields: list[Field]) -> tuple[bytes, list[Field
         i = rest.find(sep)
         if 0 <= i < cut:
             cut = i
+    if rest[:cut].translate(None, AUTHORITY_CHARS):
+        raise ProtocolError("invalid authority in the target")
     authority = rest[:cut].rpartition(b"@")[2]
     if not authority:
         raise ProtocolError("absolute-form target without a host")

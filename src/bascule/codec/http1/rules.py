@@ -45,8 +45,11 @@ def parse_transfer_encoding(values: list[bytes]) -> None:
     Codings other than chunked are refused with 501: bascule does not decode them, and passing
     them on would let the backend frame the body differently from us.
     """
-    codings = [c.strip().lower() for v in values for c in v.split(b",") if c.strip()]
-    if not codings or codings[-1] != b"chunked":
+    codings = [c.strip().lower() for v in values for c in v.split(b",")]
+    if b"" in codings:
+        # llhttp refuses an empty field and `chunked,`: no empty element is read either way
+        raise ProtocolError("empty element in Transfer-Encoding")
+    if codings[-1] != b"chunked":
         raise ProtocolError("Transfer-Encoding does not end in chunked")
     if codings.count(b"chunked") > 1:
         raise ProtocolError("chunked applied more than once")
