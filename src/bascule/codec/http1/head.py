@@ -12,7 +12,9 @@ Rules of this module:
   501 methods), the field section's size and count (431), its bytes (bare CR or LF, control
   characters), each field line (obs-fold, colon, name), then the framing rules (RFC 9112 §6.3).
 - Never laxer than llhttp or h11: a head accepted here is accepted by both (the differential
-  test checks it), so no peer behind or before bascule can frame it differently.
+  test checks it), so no peer behind or before bascule can frame it differently. The one
+  exception: up to 8 empty lines before a request line are skipped (RFC 9112 §2.2), which
+  llhttp does too and h11 does not.
 - Bytes stay bytes; only what routes match (method, path, query, host) is decoded, as latin-1.
 """
 
