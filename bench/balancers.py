@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from bascule.upstream.balancers import BALANCERS, Balancer, balancer_options, make_balancer
-from bascule.upstream.endpoint import Endpoint
+from bascule.balance import BALANCERS, Balancer, balancer_options, make_balancer
+from bascule.balance.endpoint import Endpoint
 
 MEASURE_S = 0.3
 KEYS = [f"198.18.{i // 256 % 256}.{i % 256}".encode() for i in range(4096)]

@@ -17,10 +17,11 @@ import time
 import uvloop
 
 from bascule.config.schema import Config
-from bascule.control.access_log import AccessLog
 from bascule.l7.context import ListenerContext
 from bascule.l7.session import HttpSession
 from bascule.l7.upstream import UpstreamConnection
+from bascule.observe.access_log import AccessLog
+from bascule.testing.fakes import FakeTransport
 from bascule.upstream.cluster import Cluster
 
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n"
@@ -30,31 +31,6 @@ RESPONSE = (
     b"Last-Modified: Sun, 22 Nov 2026 02:20:00 GMT\r\nConnection: keep-alive\r\n"
     b'ETag: "6740ee00-3"\r\nAccept-Ranges: bytes\r\n\r\nok\n'
 )
-
-
-class MemoryTransport:
-    def __init__(self, peer: tuple[str, int]) -> None:
-        self.peer = peer
-        self.written = 0
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return self.peer if name == "peername" else default
-
-    def write(self, data: bytes) -> None:
-        self.written += len(data)
-
-    def writelines(self, lines: list[bytes]) -> None:
-        for line in lines:
-            self.written += len(line)
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None: ...
 
 
 async def main(n: int, log_path: str | None, profile: bool) -> None:
@@ -71,10 +47,10 @@ async def main(n: int, log_path: str | None, profile: bool) -> None:
     endpoint = cluster.endpoints[0]
     pool = cluster.pools[endpoint]
     conn = UpstreamConnection(pool, endpoint, loop)
-    conn.connection_made(MemoryTransport(("127.0.0.1", 18091)))  # type: ignore[arg-type]
+    conn.connection_made(FakeTransport(("127.0.0.1", 18091), record=False))  # type: ignore[arg-type]
     pool.release(conn, loop.time())
     session = HttpSession(ctx)
-    session.connection_made(MemoryTransport(("127.0.0.1", 40000)))  # type: ignore[arg-type]
+    session.connection_made(FakeTransport(("127.0.0.1", 40000), record=False))  # type: ignore[arg-type]
 
     def one() -> None:
         session.data_received(REQUEST)

@@ -23,3 +23,11 @@ def backend2() -> Iterator[Backend]:
     b = Backend(name="b2")
     yield b
     b.stop()
+
+
+@pytest.fixture
+def three() -> Iterator[list[Backend]]:
+    bs = [Backend(name=f"b{i}") for i in range(3)]
+    yield bs
+    for b in bs:
+        b.stop()

@@ -395,3 +395,9 @@ class Client:
             return not self.buf
         except TimeoutError:
             return False
+
+
+def who(r: Any) -> str:
+    """The name of the echo backend that answered an httpx response (200 expected)."""
+    assert r.status_code == 200, r.text
+    return str(json.loads(r.content)["backend"])

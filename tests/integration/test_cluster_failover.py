@@ -11,7 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -94,6 +96,34 @@ def load(port: int, seconds: float, threads: int = 4) -> tuple[list[str], list[s
     return answered, errors
 
 
+def warm_up(port: int, names: set[str], timeout: float = 30.0) -> None:
+    """Requests, each on a new connection, until every backend in `names` has answered.
+
+    `running` returns once the port is bound, maybe before the workers serve: this waits for
+    the serving itself, however long a loaded machine takes, instead of guessing a duration.
+    """
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while seen != names and time.monotonic() < deadline:
+        r = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert r.status_code == 200, r.text
+        seen.add(json.loads(r.content)["backend"])
+    assert seen == names
+
+
+def wait_view(admin: int, ready: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[
+        str, Any]:
+    """The admin API's endpoints of cluster `c` once `ready` holds for them (workers report
+    their counters every second: a condition, not a sleep, tells when they have)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view: dict[str, Any] = httpx.get(f"http://127.0.0.1:{admin}/clusters").json()["c"][
+            "endpoints"]
+        if ready(view) or time.monotonic() > deadline:
+            return view
+        time.sleep(0.05)
+
+
 def test_backend_killed_mid_load(tmp_path: Path) -> None:
     backends = [Killable(f"k{i}").start() for i in range(3)]
     victim = backends[1]
@@ -107,18 +137,17 @@ def test_backend_killed_mid_load(tmp_path: Path) -> None:
     config["admin"] = {"address": f"127.0.0.1:{admin}"}
     try:
         with running(config, tmp_path, port):
-            # Warm up first: `running` returns once the port is bound, maybe before the
-            # workers serve.
-            warm, errors = load(port, 0.5)
-            assert errors == [] and set(warm) == {"k0", "k1", "k2"}
+            warm_up(port, {"k0", "k1", "k2"})
             killer = threading.Timer(0.3, victim.kill)
             killer.start()
             answered, errors = load(port, 1.5)
             killer.join()
             assert errors == []  # retried elsewhere: no client saw a failure
             assert "k1" in answered and len(answered) > 100
-            view = httpx.get(f"http://127.0.0.1:{admin}/clusters").json()["c"]["endpoints"]
             # Down by active checks, and ejected by passive ones (connects refused) before that.
+            view = wait_view(admin, lambda v: v[victim.address]["ejections"] >= 1
+                             and v[victim.address]["failures"] >= 2
+                             and v[victim.address]["state"] == "unhealthy")
             assert view[victim.address]["state"] == "unhealthy"
             assert view[victim.address]["check"]["ok"] is False
             assert view[victim.address]["ejections"] >= 1

@@ -8,8 +8,8 @@ from time import monotonic
 
 import pytest
 
-from bascule.upstream.balancers import make_balancer
-from bascule.upstream.endpoint import FAILURE_LATENCY_S, Endpoint
+from bascule.balance import make_balancer
+from bascule.balance.endpoint import FAILURE_LATENCY_S, Endpoint
 
 
 def test_available_flags() -> None:

@@ -15,9 +15,9 @@ from collections import Counter
 
 import pytest
 
-from bascule.upstream.balancers import Balancer, is_prime, maglev_table, make_balancer
-from bascule.upstream.balancers.base import key_hash
-from bascule.upstream.endpoint import Endpoint
+from bascule.balance import Balancer, is_prime, maglev_table, make_balancer
+from bascule.balance.base import key_hash
+from bascule.balance.endpoint import Endpoint
 
 KEYS = [f"198.18.{i // 256}.{i % 256}".encode() for i in range(10_000)]
 CONSISTENT = ["ring_hash", "maglev"]
@@ -66,7 +66,7 @@ def test_maglev_table_is_the_same_in_another_process() -> None:
     names = [f"10.0.0.{i}:80" for i in range(1, 11)]
     here = hashlib.sha256(bytes(maglev_table(names, [1] * 10))).hexdigest()
     code = (
-        "import hashlib; from bascule.upstream.balancers.maglev import maglev_table; "
+        "import hashlib; from bascule.balance.maglev import maglev_table; "
         f"print(hashlib.sha256(bytes(maglev_table({names!r}, [1] * 10))).hexdigest())"
     )
     env = dict(os.environ, PYTHONHASHSEED="12345")
@@ -175,7 +175,7 @@ def test_ring_size_is_points_per_weight_unit() -> None:
 
 
 def test_ring_is_capped_for_large_weights() -> None:
-    from bascule.upstream.balancers.hashing import MAX_RING_POINTS
+    from bascule.balance.hashing import MAX_RING_POINTS
 
     eps = endpoints(100, [1000] * 100)
     balancer = make_balancer("ring_hash", eps)

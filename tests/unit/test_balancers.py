@@ -1,4 +1,4 @@
-"""Every balancer against the rules of bascule.upstream.balancers.base.
+"""Every balancer against the rules of bascule.balance.base.
 
 Plain calls, no sockets. Randomised balancers get a seed; Hypothesis runs derandomized, so the
 file gives the same result on every run.
@@ -14,14 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bascule.upstream.balancers import (
+from bascule.balance import (
     BALANCERS,
     KEYED,
     Balancer,
     balancer_options,
     make_balancer,
 )
-from bascule.upstream.endpoint import Endpoint
+from bascule.balance.endpoint import Endpoint
 
 NAMES = sorted(BALANCERS)
 # Balancers whose zero-load spread is exact (a deterministic schedule), not sampled.

@@ -171,7 +171,7 @@ def test_source_ip_needs_no_key() -> None:
         (
             "health_check: {interval: 0}",
             "",
-            "bascule.yaml:6 clusters[0].health_check.interval: the interval must be positive",
+            "bascule.yaml:6 clusters[0].health_check.interval: must be positive, got 0",
         ),
         (
             "health_check: {expect_status: ['299-200']}",

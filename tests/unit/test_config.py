@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from bascule.config.demo import DEMO_BACKENDS, DEMO_YAML, demo_config
+from bascule.config.demo import DEMO_YAML, demo_config
 from bascule.config.errors import ConfigError, ConfigErrors, format_path
 from bascule.config.loader import load_config, parse_config
 from bascule.config.schema import (
@@ -297,6 +298,9 @@ def test_listener_and_route_defaults() -> None:
         max_request_body=0,
         max_buffered_body=10 * 1024 * 1024,
         max_connections=10000,
+        max_connections_per_client=0,
+        min_body_rate=0,
+        body_rate_window=5.0,
     )
     route = listener.routes[0]
     assert route.name is None and route.match == RouteMatch()
@@ -692,6 +696,8 @@ def test_empty_file_is_an_empty_config(tmp_path: Path, content: str) -> None:
     assert load_config(path) == Config()
     (tmp_path / "bascule.toml").write_text(content.replace("---", ""))
     assert load_config(tmp_path / "bascule.toml") == Config()
+    (tmp_path / "bascule.json").write_text(content.replace("---", "").replace("# nothing yet", ""))
+    assert load_config(tmp_path / "bascule.json") == Config()
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -770,7 +776,8 @@ def test_demo_config() -> None:
     assert rest.match.path_prefix == "/" and rest.cluster == "demo"
     (demo,) = config.clusters
     assert demo.balancer == "round_robin"
-    assert [e.address for e in demo.endpoints] == [(h, p) for h, p, _ in DEMO_BACKENDS]
+    assert [e.address for e in demo.endpoints] == [b.address for b in config.demo_backends]
+    assert [b.name for b in config.demo_backends] == ["demo-1", "demo-2"]
     assert DEMO_YAML.startswith("# bascule demo")
 
 
@@ -781,7 +788,10 @@ _CONFIG_ALPHABET = st.sampled_from([*"abc:-[]{}=,.\"'#&*!<> \n\t0123456789", *_W
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_CONFIG_ALPHABET, max_size=40).map("".join), st.sampled_from(["yaml", "toml"]))
+@given(
+    st.lists(_CONFIG_ALPHABET, max_size=40).map("".join),
+    st.sampled_from(["yaml", "toml", "json"]),
+)
 def test_any_text_gives_a_config_or_a_config_error(text: str, fmt: str) -> None:
     try:
         parse_config(text, "fuzz", fmt)  # type: ignore[arg-type]
@@ -873,3 +883,127 @@ def test_udp_dsr_needs_its_vip_to_itself_and_interfaces_distinct_tables(tmp_path
     assert "would share one nft table name" in str(e.value)
     path.write_text(services(svc("a", "dsr", 80, proto="tcp"), svc("b", "nat", 81, proto="tcp")))
     assert len(load_config(path).services) == 2
+
+
+# ---------------------------------------------------------------- every problem at once
+
+
+def test_model_level_errors_come_with_field_errors() -> None:
+    # Before the fix, the model-level problems (interval 0 next to a bad rise in one
+    # health_check, the duplicate endpoint next to a bad retries, the unknown cluster next to
+    # anything else) only appeared once the field errors were fixed.
+    text = """\
+listeners:
+  - name: web
+    address: 127.0.0.1:8080
+    routes:
+      - cluster: nope
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9001
+      - address: 127.0.0.1:9001
+    retries: {attempts: 99}
+    health_check:
+      interval: 0
+      rise: 0
+"""
+    assert error_of(text).splitlines() == [
+        "bascule.yaml:5 listeners[0].routes[0].cluster: no cluster named 'nope'",
+        "bascule.yaml:10 clusters[0].endpoints[1].address: duplicate endpoint 127.0.0.1:9001",
+        "bascule.yaml:11 clusters[0].retries.attempts: must be at most 10, got 99",
+        "bascule.yaml:13 clusters[0].health_check.interval: must be positive, got 0",
+        "bascule.yaml:14 clusters[0].health_check.rise: must be at least 1, got 0",
+    ]
+
+
+def test_cross_checks_skip_what_failed_on_its_own() -> None:
+    # A cluster with a bad field still exists by name: no false "no cluster named" for it.
+    text = BASE.replace("127.0.0.1:9002", "127.0.0.1:70000")
+    assert error_of(text) == (
+        "bascule.yaml:10 clusters[0].endpoints[1].address: port 70000 out of range"
+    )
+
+
+def test_every_address_conflict_at_once() -> None:
+    text = """\
+admin: {address: 127.0.0.1:8081}
+listeners:
+  - {name: a, address: 127.0.0.1:8080, routes: [{cluster: app}]}
+  - {name: b, address: 127.0.0.1:8080, routes: [{cluster: app}]}
+  - {name: c, address: 127.0.0.1:8081, routes: [{cluster: app}]}
+clusters:
+  - {name: app, endpoints: [{address: 127.0.0.1:9001}]}
+"""
+    # Listeners claim their addresses first: the admin API is the one refused.
+    assert error_of(text).splitlines() == [
+        "bascule.yaml:1 admin.address: 127.0.0.1:8081 is already listener c's address",
+        "bascule.yaml:4 listeners[1].address: 127.0.0.1:8080 is already listener a's address",
+    ]
+
+
+_NOT_IPV4 = "is not an IPv4 address (each of its four numbers is 0 to 255)"
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.300:80", f"'127.0.0.300' {_NOT_IPV4}"),
+        ("10.1:80", f"'10.1' {_NOT_IPV4}"),
+        ('"[::g]:80"', "'::g' is not an IPv6 address"),
+        ("bad_host!:80", "'bad_host!' is neither an IP address nor a host name"),
+    ],
+)
+def test_bad_hosts_in_addresses(address: str, reason: str) -> None:
+    text = BASE.replace("127.0.0.1:9001", address)
+    assert error_of(text) == f"bascule.yaml:9 clusters[0].endpoints[0].address: {reason}"
+
+
+def test_host_names_still_accepted() -> None:
+    config = parse_config(BASE.replace("127.0.0.1:9001", "backend-1.internal:9001"), "b.yaml")
+    assert config.clusters[0].endpoints[0].address == ("backend-1.internal", 9001)
+
+
+# ---------------------------------------------------------------- file formats
+
+
+def _load_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value)
+
+
+def test_json_config_with_lines(tmp_path: Path) -> None:
+    good = tmp_path / "bascule.json"
+    expected = parse_config(FULL_YAML, "x", "yaml")
+    good.write_text(json.dumps(expected.model_dump(mode="json"), indent=2))
+    assert load_config(good) == expected
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        '{\n  "clusters": [\n    {\n      "name": "c",\n      "endpoints": [\n'
+        '        {"address": "127.0.0.1:70000"}\n      ]\n    }\n  ],\n  "wrkers": 1\n}\n'
+    )
+    assert _load_error(bad).splitlines() == [
+        f"{bad}:6 clusters[0].endpoints[0].address: port 70000 out of range",
+        f"{bad}:10 wrkers: unknown key 'wrkers' (did you mean 'workers'?)",
+    ]
+
+
+def test_json_syntax_error_and_duplicate_key() -> None:
+    assert error_of('{\n  "workers": 1,\n}\n', "json", "b.json").startswith("b.json:3: ")
+    assert error_of('{"workers": 1,\n "workers": 2}', "json", "b.json") == (
+        "b.json:2 workers: duplicate key 'workers' (first at line 1)"
+    )
+    deep = "[" * 100_000 + "]" * 100_000
+    assert error_of(deep, "json", "b.json") == "b.json: nested too deeply"
+
+
+@pytest.mark.parametrize("name", ["bascule.conf", "bascule", "bascule.yaml.bak"])
+def test_unknown_extension_refused(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("workers: 1\n")
+    suffix = Path(name).suffix
+    shown = f"'{suffix}'" if suffix else "none"
+    assert _load_error(path) == (
+        f"{path}: unknown config file extension {shown}: name it .yaml, .yml, .toml or .json"
+    )

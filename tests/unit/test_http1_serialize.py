@@ -65,7 +65,7 @@ def test_relayed_response_head_reframes_and_drops_what_connection_names() -> Non
             b"Proxy-Authenticate: Basic\r\n\r\n")
     head = parse_response_head(data, "GET")
     assert head is not None
-    out = response_head(head.status, head.reason, head.fields, head.conn_tokens,
+    out = response_head(head.status, head.reason, head.fields, HOP_BY_HOP | head.conn_tokens,
                         framing=CHUNKED, extra=b"Via: 1.1 bascule\r\n")
     assert out == (b"HTTP/1.1 200 OK\r\nServer: up\r\nSet-Cookie: a=b\r\n"
                    b"Transfer-Encoding: chunked\r\nVia: 1.1 bascule\r\n\r\n")

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from bascule.balance.endpoint import Endpoint
 from bascule.config.schema import OutlierConfig
-from bascule.upstream.endpoint import Endpoint
 from bascule.upstream.outlier import OutlierDetector
 
 

@@ -1,4 +1,4 @@
-"""Load a config file (YAML or TOML) into a `Config`, or say exactly what is wrong with it.
+"""Load a config file (YAML, TOML or JSON) into a `Config`, or say exactly what is wrong with it.
 
 Rules of this module:
 - Every failure is a `ConfigError` (or `ConfigErrors`) naming the file as the user gave it, the
@@ -14,8 +14,14 @@ Rules of this module:
   structure (tables, arrays of tables, keys, arrays, inline tables) without judging it. If the
   scan cannot follow (it should always be able to, tomllib accepted the text), errors simply
   have no line.
+- JSON is parsed by the json module; its lines come from a scan like TOML's, which also
+  refuses a key given twice in one object, as YAML does.
+- The format follows the extension (`.yaml`, `.yml`, `.toml`, `.json`); any other is refused,
+  never guessed: a `.conf` read as YAML would fail with messages about the wrong language.
 - An empty file (or one holding only comments) is an empty config: valid, it serves nothing.
-- All pydantic errors of one load are reported together, one per line, sorted by line.
+- All pydantic errors of one load are reported together, one per line, sorted by line, and
+  with them the checks across the file (checks.py) over the parts that are valid: pydantic
+  skips those when anything fails, and the README promises every problem at once.
 """
 
 from __future__ import annotations
@@ -33,19 +39,30 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from bascule.config.checks import config_problems
 from bascule.config.errors import ConfigError, KeyPath, combine, format_path
-from bascule.config.schema import NAME_PATTERN, Config, PathError
+from bascule.config.schema import (
+    NAME_PATTERN,
+    AdminConfig,
+    Config,
+    DemoBackendConfig,
+    ListenerConfig,
+    PathError,
+    SiblingError,
+)
+from bascule.config.services import ServiceConfig
 
-Format = Literal["yaml", "toml"]
+Format = Literal["yaml", "toml", "json"]
 LineMap = dict[KeyPath, int]
 
-__all__ = ["Format", "load_config", "parse_config"]
+__all__ = ["EXTENSIONS", "Format", "load_config", "parse_config"]
+
+EXTENSIONS: dict[str, Format] = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate the config file at `path`; its format follows the extension."""
     filename = os.fspath(path)
-    fmt: Format = "toml" if filename.lower().endswith(".toml") else "yaml"
     try:
         with open(filename, "rb") as f:
             raw = f.read()
@@ -63,7 +80,22 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ConfigError(filename, line, "", f"not UTF-8 text (byte {e.start})") from None
-    return parse_config(text, filename, fmt)
+    return parse_config(text, filename, _format_of(filename))
+
+
+def _format_of(filename: str) -> Format:
+    suffix = os.path.splitext(filename)[1]
+    fmt = EXTENSIONS.get(suffix.lower())
+    if fmt is None:
+        shown = repr(suffix) if suffix else "none"
+        *most, last = EXTENSIONS
+        raise ConfigError(
+            filename,
+            None,
+            "",
+            f"unknown config file extension {shown}: name it {', '.join(most)} or {last}",
+        )
+    return fmt
 
 
 def parse_config(text: str, filename: str, fmt: Format = "yaml") -> Config:
@@ -72,14 +104,70 @@ def parse_config(text: str, filename: str, fmt: Format = "yaml") -> Config:
         data, lines = _load_yaml(text, filename)
     elif fmt == "toml":
         data, lines = _load_toml(text, filename)
+    elif fmt == "json":
+        data, lines = _load_json(text, filename)
     else:
-        raise ValueError(f"unknown config format {fmt!r}; expected 'yaml' or 'toml'")
+        raise ValueError(f"unknown config format {fmt!r}; expected 'yaml', 'toml' or 'json'")
     if data is None:
         data = {}
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise combine(_explain(e, data, lines, filename)) from None
+        errors = _explain(e, data, lines, filename)
+    reported = {e.path for e in errors}
+    for problem in _cross_problems(data):
+        path = format_path(problem.path)
+        if path not in reported:
+            reported.add(path)
+            errors.append(ConfigError(filename, _line_of(problem.path, lines), path, str(problem)))
+    raise combine(errors) from None
+
+
+def _cross_problems(data: Any) -> list[PathError]:
+    """checks.py over the parts of `data` that validate on their own (see the module rules)."""
+    if not isinstance(data, dict):
+        return []
+    raw = data.get("clusters")
+    clusters = raw if isinstance(raw, list) else []
+    names = [
+        (i, c["name"])
+        for i, c in enumerate(clusters)
+        if isinstance(c, dict) and isinstance(c.get("name"), str) and _NAME.match(c["name"])
+    ]
+    admin = _valid(AdminConfig, data.get("admin"))
+    return config_problems(
+        listeners=_valid_items(ListenerConfig, data.get("listeners")),
+        cluster_names=names,
+        # A cluster without a valid name might be the one a route names: do not guess.
+        all_names=len(names) == len(clusters),
+        admin=admin,
+        demo_backends=_valid_items(DemoBackendConfig, data.get("demo_backends")),
+        services=_valid_items(ServiceConfig, data.get("services")),
+    )
+
+
+_M = typing.TypeVar("_M", bound=BaseModel)
+_NAME = re.compile(NAME_PATTERN)
+
+
+def _valid(model: type[_M], value: Any) -> _M | None:
+    try:
+        return model.model_validate(value)
+    except ValidationError:
+        return None
+
+
+def _valid_items(model: type[_M], value: Any) -> list[tuple[int, _M]]:
+    if not isinstance(value, list):
+        return []
+    found = ((i, _valid(model, item)) for i, item in enumerate(value))
+    return [(i, part) for i, part in found if part is not None]
+
+
+def _duplicate_key(filename: str, line: int, path: KeyPath, first: int) -> ConfigError:
+    return ConfigError(
+        filename, line, format_path(path), f"duplicate key {path[-1]!r} (first at line {first})"
+    )
 
 
 # ---------------------------------------------------------------- YAML
@@ -180,12 +268,7 @@ class _YamlBuilder:
             # make `on:` or `no:` (a header named `No`?) a boolean and `404:` an integer.
             key: str = key_node.value
             if key in out:
-                raise ConfigError(
-                    self.filename,
-                    line,
-                    format_path((*path, key)),
-                    f"duplicate key {key!r} (first at line {first_line[key]})",
-                )
+                raise _duplicate_key(self.filename, line, (*path, key), first_line[key])
             first_line[key] = line
             self.lines[(*path, key)] = line
             out[key] = self.build(value_node, (*path, key))
@@ -236,6 +319,14 @@ def _load_toml(text: str, filename: str) -> tuple[Any, LineMap]:
 
 class _ScanError(Exception):
     pass
+
+
+def _string_end(s: str, i: int) -> int:
+    """Past the closing quote of the `"`-string at `i` (TOML basic and JSON strings alike)."""
+    i += 1
+    while s[i] != '"':
+        i += 2 if s[i] == "\\" else 1
+    return i + 1
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_\-]+")
@@ -389,11 +480,7 @@ class _TomlScanner:
         self.i += len(token)
 
     def _basic_string(self) -> str:
-        start = self.i
-        self.i += 1
-        while self.s[self.i] != '"':
-            self.i += 2 if self.s[self.i] == "\\" else 1
-        self.i += 1
+        start, self.i = self.i, _string_end(self.s, self.i)
         return self.s[start : self.i]
 
     def _literal_string(self) -> str:
@@ -418,6 +505,87 @@ class _TomlScanner:
         self.line += s.count("\n", start, self.i)
 
 
+# ---------------------------------------------------------------- JSON
+
+
+def _load_json(text: str, filename: str) -> tuple[Any, LineMap]:
+    if not text.strip():
+        return None, {}  # an empty file is an empty config, as in YAML and TOML
+    lines: LineMap = {(): 1}
+    try:
+        data = json.loads(text)
+        _JsonScanner(text, filename, lines).value(())
+    except json.JSONDecodeError as e:
+        raise ConfigError(filename, e.lineno, "", e.msg[:1].lower() + e.msg[1:]) from None
+    except RecursionError:
+        raise ConfigError(filename, None, "", "nested too deeply") from None
+    return data, lines
+
+
+class _JsonScanner:
+    """Walks JSON text that json.loads accepted, recording the line of each key and item, and
+    refusing a key given twice in one object (json.loads would keep the last one)."""
+
+    def __init__(self, text: str, filename: str, lines: LineMap) -> None:
+        self.s = text
+        self.i = 0
+        self.line = 1
+        self.filename = filename
+        self.lines = lines
+
+    def value(self, path: KeyPath) -> None:
+        self._skip()
+        c = self.s[self.i]
+        if c == "{":
+            self.i += 1
+            first_line: dict[str, int] = {}
+            while self._more("}"):
+                line = self.line
+                key = json.loads(self._string())
+                if key in first_line:
+                    raise _duplicate_key(self.filename, line, (*path, key), first_line[key])
+                first_line[key] = line
+                self.lines[(*path, key)] = line
+                self._skip()
+                self.i += 1  # the ':'
+                self.value((*path, key))
+        elif c == "[":
+            self.i += 1
+            index = 0
+            while self._more("]"):
+                self._skip()
+                self.lines[(*path, index)] = self.line
+                self.value((*path, index))
+                index += 1
+        elif c == '"':
+            self._string()
+        else:
+            while self.i < len(self.s) and self.s[self.i] not in ",]} \t\r\n":
+                self.i += 1
+
+    def _more(self, close: str) -> bool:
+        """Past a separating ',' if any: False (and past `close`) at the end of a container."""
+        self._skip()
+        if self.s[self.i] == ",":
+            self.i += 1
+            self._skip()
+        if self.s[self.i] == close:
+            self.i += 1
+            return False
+        return True
+
+    def _string(self) -> str:
+        self._skip()
+        start, self.i = self.i, _string_end(self.s, self.i)
+        return self.s[start : self.i]
+
+    def _skip(self) -> None:
+        s = self.s
+        while self.i < len(s) and s[self.i] in " \t\r\n":
+            self.line += s[self.i] == "\n"
+            self.i += 1
+
+
 # ---------------------------------------------------------------- pydantic errors → ConfigError
 
 
@@ -435,9 +603,12 @@ def _explain(exc: ValidationError, data: Any, lines: LineMap, filename: str) -> 
         else:
             # pydantic adds locations that are not keys (a union's branch name, `[key]` for
             # a dict key); only the part of the location found in the data is a key path.
-            path = _in_data(loc, data)
-            if isinstance(cause, PathError):
-                path = (*path, *cause.path)
+            if isinstance(cause, SiblingError):  # raised for a field, about another key
+                path = (*_in_data(loc[:-1], data), *cause.path)
+            else:
+                path = _in_data(loc, data)
+                if isinstance(cause, PathError):
+                    path = (*path, *cause.path)
             line_path = path
             reason = _reason(err, loc)
         reasons = found.setdefault(path, (line_path, []))[1]

@@ -10,6 +10,12 @@ Rules of this module:
   key that refers to something missing.
 - A validator that knows which key below its model is wrong raises `PathError` with that key's
   path (relative to the model), so the loader can name the key and its line, not just the model.
+- A check across fields is a field validator on the last field it reads, taking the others from
+  `info.data` and skipping when one of them failed (it is then absent): pydantic skips a model's
+  "after" validators when any field fails, which would hide the check until that field is
+  fixed. Such a validator raises `SiblingError`, whose path is relative to its model.
+- Checks across the whole file (names, references, addresses) live in checks.py; `Config` runs
+  them when everything else is valid, the loader runs them over the parts that are.
 """
 
 from __future__ import annotations
@@ -18,10 +24,17 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bascule.config.services import ServiceList
-from bascule.config.units import Address, Duration, Size
+from bascule.config.units import Address, Duration, PositiveDuration, Size
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a header name
@@ -111,9 +124,9 @@ class HealthCheckConfig(Model):
     """Active health checks of every endpoint of a cluster, run by the supervisor."""
 
     kind: Literal["tcp", "http"] = "tcp"
-    interval: Duration = 5.0
+    interval: PositiveDuration = 5.0
     jitter: float = Field(default=0.1, ge=0.0, le=1.0)  # share of `interval` added or removed
-    timeout: Duration = 2.0
+    timeout: PositiveDuration = 2.0
     rise: int = Field(default=2, ge=1, le=100)  # consecutive successes to come back
     fall: int = Field(default=3, ge=1, le=100)  # consecutive failures to go down
     port: int | None = Field(default=None, ge=1, le=65535)  # check this port, not the endpoint's
@@ -146,14 +159,6 @@ class HealthCheckConfig(Model):
                 raise PathError((i,), f"status range {text!r} ends before it starts")
         return value
 
-    @model_validator(mode="after")
-    def _timeout_fits(self) -> HealthCheckConfig:
-        if self.interval <= 0:
-            raise PathError(("interval",), "the interval must be positive")
-        if self.timeout <= 0:
-            raise PathError(("timeout",), "the timeout must be positive")
-        return self
-
 
 class OutlierConfig(Model):
     """Passive health: endpoints that fail in a row are ejected for a while (Envoy's)."""
@@ -177,7 +182,7 @@ class StickyConfig(Model):
     """Cookie persistence: bascule sets a signed cookie naming the endpoint that answered."""
 
     cookie: str = Field(default="bascule_sticky", pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-    secret: str | None = None  # HMAC key; default derived from the cluster's name
+    secret: str | None = None  # HMAC key; default: random at each start, shared by the workers
     max_age: Duration | None = None  # default: a session cookie
     path: str = "/"
 
@@ -198,7 +203,7 @@ class DiscoveryConfig(Model):
     port: int | None = Field(default=None, ge=1, le=65535)  # for A/AAAA answers
     resolver: Address | None = None  # a nameserver to ask; default: the system's
     file: str | None = None  # a YAML or JSON list of endpoints, re-read when it changes
-    interval: Duration = 30.0
+    interval: PositiveDuration = 30.0
     endpoint: EndpointDefaults | None = None  # settings for every discovered endpoint
 
     @model_validator(mode="after")
@@ -207,18 +212,17 @@ class DiscoveryConfig(Model):
             raise ValueError("give exactly one of dns, file")
         if self.dns is not None and self.record != "SRV" and self.port is None:
             raise PathError(("port",), f"{self.record} records carry no port: give port")
-        if self.interval <= 0:
-            raise PathError(("interval",), "the interval must be positive")
         return self
 
 
 class ClusterConfig(Model):
     name: Name
-    balancer: str = "round_robin"  # any name in bascule.upstream.balancers.BALANCERS
+    balancer: str = "round_robin"  # any name in bascule.balance.BALANCERS
     balancer_options: dict[str, int | float | None] = {}
-    hash_key: HashKey | None = None  # what keyed balancers hash
+    # validate_default: the checks below must run when these keys are absent too.
+    hash_key: HashKey | None = Field(default=None, validate_default=True)  # for keyed balancers
     endpoints: list[EndpointConfig] = []  # at least one, unless `discovery` finds them
-    discovery: DiscoveryConfig | None = None
+    discovery: DiscoveryConfig | None = Field(default=None, validate_default=True)
     timeouts: ClusterTimeouts = ClusterTimeouts()
     pool: PoolConfig = PoolConfig()
     retries: RetryConfig = RetryConfig()
@@ -234,50 +238,74 @@ class ClusterConfig(Model):
     @field_validator("balancer")
     @classmethod
     def _known_balancer(cls, value: str) -> str:
-        from bascule.upstream.balancers import BALANCERS
+        from bascule.balance import BALANCERS
 
         if value not in BALANCERS:
             raise ValueError(f"unknown balancer {value!r}; known: {', '.join(sorted(BALANCERS))}")
         return value
 
-    @model_validator(mode="after")
-    def _balancer_setup(self) -> ClusterConfig:
-        from bascule.upstream.balancers import KEYED, make_balancer
+    @field_validator("balancer_options")
+    @classmethod
+    def _balancer_options(
+        cls, value: dict[str, int | float | None], info: ValidationInfo
+    ) -> dict[str, int | float | None]:
+        from bascule.balance import make_balancer
 
-        if self.balancer_options:
+        balancer = info.data.get("balancer")
+        if value and balancer is not None:
             try:
-                make_balancer(self.balancer, (), **self.balancer_options)
+                make_balancer(balancer, (), **value)
             except ValueError as e:
-                key = next(iter(self.balancer_options))
-                for name in self.balancer_options:
+                key = next(iter(value))
+                for name in value:
                     if repr(name) in str(e):
                         key = name
-                raise PathError(("balancer_options", key), str(e)) from e
-        if self.balancer in KEYED and self.balancer != "source_ip" and self.hash_key is None:
-            raise PathError(
+                raise PathError((key,), str(e)) from e
+        return value
+
+    @field_validator("hash_key")
+    @classmethod
+    def _hash_key_fits(cls, value: HashKey | None, info: ValidationInfo) -> HashKey | None:
+        from bascule.balance import KEYED
+
+        balancer = info.data.get("balancer")
+        if balancer is None:
+            return value  # the balancer itself is wrong: said there
+        if balancer in KEYED and balancer != "source_ip" and value is None:
+            raise SiblingError(
                 ("balancer",),
-                f"balancer {self.balancer!r} hashes a key: give hash_key "
+                f"balancer {balancer!r} hashes a key: give hash_key "
                 "(source_ip, uri, header, cookie or query)",
             )
-        if self.hash_key is not None and self.balancer not in KEYED:
-            raise PathError(
-                ("hash_key",),
-                f"balancer {self.balancer!r} ignores keys; hash_key needs one of "
-                f"{', '.join(sorted(KEYED))}",
+        if value is not None and balancer not in KEYED:
+            raise ValueError(
+                f"balancer {balancer!r} ignores keys; hash_key needs one of "
+                f"{', '.join(sorted(KEYED))}"
             )
-        return self
+        return value
 
-    @model_validator(mode="after")
-    def _unique_endpoints(self) -> ClusterConfig:
-        if not self.endpoints and self.discovery is None:
-            raise PathError(("endpoints",), "a cluster needs at least one endpoint, or discovery")
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_endpoints(cls, value: list[EndpointConfig]) -> list[EndpointConfig]:
         seen: set[tuple[str, int]] = set()
-        for i, endpoint in enumerate(self.endpoints):
+        for i, endpoint in enumerate(value):
             if endpoint.address in seen:
                 host, port = endpoint.address
-                raise PathError(("endpoints", i, "address"), f"duplicate endpoint {host}:{port}")
+                raise PathError((i, "address"), f"duplicate endpoint {host}:{port}")
             seen.add(endpoint.address)
-        return self
+        return value
+
+    @field_validator("discovery")
+    @classmethod
+    def _some_endpoint(
+        cls, value: DiscoveryConfig | None, info: ValidationInfo
+    ) -> DiscoveryConfig | None:
+        # Absent from info.data when they failed: then that failure is the one to report.
+        if value is None and info.data.get("endpoints") == []:
+            raise SiblingError(
+                ("endpoints",), "a cluster needs at least one endpoint, or discovery"
+            )
+        return value
 
 
 # ---------------------------------------------------------------- routes
@@ -460,7 +488,11 @@ class ListenerLimits(Model):
     max_headers: int = Field(default=100, ge=1)  # 431 above it
     max_request_body: Size = 0  # 413 above it; 0 means no limit for streamed bodies
     max_buffered_body: Size = 10 * 1024 * 1024  # limit for `buffer_request` routes
-    max_connections: int = Field(default=10000, ge=1)  # per worker; beyond it accept pauses
+    # per worker: at it, the oldest idle keep-alive connection is closed, else accepting pauses
+    max_connections: int = Field(default=10000, ge=1)
+    max_connections_per_client: int = Field(default=0, ge=0)  # per peer address; 0: no limit
+    min_body_rate: Size = 0  # bytes/s a request body must average per window; 0: no minimum
+    body_rate_window: Duration = Field(default=5.0, gt=0)  # the window; the first is the grace
 
 
 class ListenerConfig(Model):
@@ -473,6 +505,11 @@ class ListenerConfig(Model):
     timeouts: ListenerTimeouts = ListenerTimeouts()
     limits: ListenerLimits = ListenerLimits()
     server_name: str = "bascule"  # the `by`/Via name of this proxy
+    # Request rules (codec/path.py, codec/headers.py); Envoy's names where it has them.
+    normalize_path: bool = True  # RFC 3986 normalisation of the path routes match and forward
+    merge_slashes: bool = True  # `//` becomes `/`
+    path_with_escaped_slashes: Literal["keep", "reject", "unescape"] = "keep"  # %2F and %5C
+    headers_with_underscores: Literal["allow", "drop", "reject"] = "allow"
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -499,10 +536,28 @@ class AdminConfig(Model):
     address: Address
 
 
+class LogConfig(Model):
+    """Where the supervisor's event lines go (health, workers, discovery, drain)."""
+
+    path: str = Field(default="stderr", min_length=1)  # `stderr`, `stdout` or a file to append to
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"  # the least severe one written
+
+
+class DemoBackendConfig(Model):
+    """A demo HTTP backend that `bascule run` starts in its own process (bascule.demo_backend),
+    so that the printed demo config, saved to a file, works as it is."""
+
+    name: Name
+    address: Address
+
+
 class Config(Model):
     workers: int | Literal["auto"] = "auto"
     access_log: AccessLogConfig = AccessLogConfig()
+    log: LogConfig = LogConfig()
     admin: AdminConfig | None = None
+    demo_backends: list[DemoBackendConfig] = []
     listeners: list[ListenerConfig] = []
     clusters: list[ClusterConfig] = []
     services: ServiceList = []  # packet-mode services (nat, dsr), programmed into the kernel
@@ -515,23 +570,19 @@ class Config(Model):
         return value
 
     @model_validator(mode="after")
-    def _references(self) -> Config:
-        names = [c.name for c in self.clusters]
-        _unique(names, "clusters", "cluster")
-        _unique([listener.name for listener in self.listeners], "listeners", "listener")
-        known = set(names)
-        for li, listener in enumerate(self.listeners):
-            for ri, route in enumerate(listener.routes):
-                targets: list[tuple[tuple[str | int, ...], str]] = []
-                if route.cluster is not None:
-                    targets.append((("cluster",), route.cluster))
-                for si, weighted in enumerate(route.split or []):
-                    targets.append((("split", si, "cluster"), weighted.cluster))
-                for key, target in targets:
-                    if target not in known:
-                        raise ReferenceError_(
-                            ("listeners", li, "routes", ri, *key), f"no cluster named {target!r}"
-                        )
+    def _across(self) -> Config:
+        from bascule.config.checks import config_problems
+
+        problems = config_problems(
+            listeners=list(enumerate(self.listeners)),
+            cluster_names=[(i, c.name) for i, c in enumerate(self.clusters)],
+            admin=self.admin,
+            demo_backends=list(enumerate(self.demo_backends)),
+            services=list(enumerate(self.services)),
+        )
+        if problems:
+            # One is enough here: the loader reports every one of them (checks.py).
+            raise problems[0]
         return self
 
     @property
@@ -556,17 +607,9 @@ class PathError(ValueError):
         self.message = message
 
 
-class ReferenceError_(PathError):  # the underscore: not the builtin ReferenceError
-    """A cross-reference to something missing; carries the key path it was found at."""
-
-
-def _unique(names: list[str], key: str, what: str) -> None:
-    """Refuse a name used twice, pointing at its second use."""
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        if name in seen:
-            raise PathError((key, i, "name"), f"duplicate {what} name {name!r}")
-        seen.add(name)
+class SiblingError(PathError):
+    """A field validator's error about another key of the same model; its path is relative to
+    that model, not to the field being validated."""
 
 
 def _check_regex(pattern: str) -> None:

@@ -5,6 +5,9 @@ Rules of this module:
   seconds, sizes are int bytes, addresses are (host, port) pairs. Models store those values.
 - A bad value raises ValueError whose message says what was expected; the loader adds the file,
   line and key path.
+- An address's host is checked as `bascule run` would use it: an IP address must be a real one
+  (`127.0.0.300` is refused here, not by a failing bind later), anything else must be a host
+  name by RFC 1123's letters, digits and hyphens (plus `_`, which container networks use).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|µs|ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {
@@ -87,13 +90,17 @@ def parse_address(value: Any) -> tuple[str, int]:
         host, sep, port_text = text[1:].partition("]:")
         if not sep:
             raise ValueError(f"expected [IPv6]:port, got {value!r}")
-        ipaddress.IPv6Address(host)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep or not host:
             raise ValueError(f"expected host:port such as 127.0.0.1:8080, got {value!r}")
         if ":" in host:
             raise ValueError(f"write IPv6 addresses in brackets, as [::1]:8080, got {value!r}")
+        _check_host(host)
     if not port_text.isdigit():
         raise ValueError(f"port must be a number, got {port_text!r}")
     port = int(port_text)
@@ -102,12 +109,40 @@ def parse_address(value: Any) -> tuple[str, int]:
     return host, port
 
 
+# Digits and dots only: meant as an IPv4 address (no top-level domain is all digits).
+_DOTTED = re.compile(r"^[0-9.]+$")
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?$")
+
+
+def _check_host(host: str) -> None:
+    if _DOTTED.match(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            # The resolver would read `10.1` as 10.0.0.1 and fail on `127.0.0.300` only at
+            # bind time; neither is what the user meant to write.
+            raise ValueError(
+                f"{host!r} is not an IPv4 address (each of its four numbers is 0 to 255)"
+            ) from None
+    elif len(host) > 253 or not _HOST_NAME.match(host):
+        raise ValueError(f"{host!r} is neither an IP address nor a host name")
+
+
 def format_address(address: tuple[str, int]) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def positive(value: float) -> float:
+    """For durations that divide time into steps (intervals, timeouts): 0 would spin."""
+    if value <= 0:
+        raise ValueError(f"must be positive, got {value:g}")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(positive)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Address = Annotated[
     tuple[str, int], BeforeValidator(parse_address), PlainSerializer(format_address)

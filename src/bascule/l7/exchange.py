@@ -7,6 +7,9 @@ Rules of this module:
 - A retry happens only for idempotent methods (RFC 9110 §9.2.2), before any response byte
   reached the client, when the request body is empty or wholly held, to an endpoint not yet
   tried, at most `retries.attempts` times (seed 003 §5).
+- A backend connection returns to its pool only when exactly the framed request body was
+  sent (`_request_fully_sent`) and the whole response was read: a connection left mid-request
+  would run the rest of that body, or eat the start of the next client's request.
 - Framing is decided here, per hop: the client's Content-Length passes through, a chunked
   body is re-chunked (or sent with a Content-Length when it is already complete), and a
   response is sent with its Content-Length, chunked, or close-delimited for HTTP/1.0 clients.
@@ -16,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import time
 from typing import TYPE_CHECKING, Final
 
+from bascule.balance.endpoint import Endpoint
 from bascule.codec.headers import (
-    FORWARDING,
     HOP_BY_HOP,
+    IDENTITY,
+    UNDERSCORE_IDENTITY,
     client_from_xff,
     connection_tokens,
     cookie_values,
@@ -40,16 +44,20 @@ from bascule.codec.http1 import (
     response_has_body,
     simple_response,
 )
+from bascule.codec.path import resolve_path
+from bascule.l7.http_date import HTTP_DATE
+from bascule.l7.retry import may_retry
 from bascule.l7.router import DIRECT, REDIRECT, Route
 from bascule.l7.upstream import UpstreamConnection
+from bascule.observe.access_log import ExchangeRecord
+from bascule.upstream.admission import Refuse, admit
 from bascule.upstream.cluster import COOKIE, HEADER, QUERY, SOURCE_IP, URI
 
 if TYPE_CHECKING:
+    from bascule.balance.base import Accept
     from bascule.l7.request import Request
     from bascule.l7.session import HttpSession
-    from bascule.upstream.balancers.base import Accept
     from bascule.upstream.cluster import Cluster
-    from bascule.upstream.endpoint import Endpoint
 
 INF: Final = float("inf")
 _BUFFER_HIGH: Final = 64 * 1024
@@ -57,31 +65,24 @@ _UPSTREAM: Final = 2  # session pause reasons (see session.py)
 _BUFFER: Final = 4
 _CRLF: Final = b"\r\n"
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
-# From a client outside trusted_proxies, every forwarding field is replaced (Via is kept:
-# it records the path, not the client).
-_DROP_UNTRUSTED: Final = HOP_BY_HOP | (FORWARDING - {b"via"})
+# From a client outside trusted_proxies, every forwarding and identity field is replaced (Via
+# is kept: it records the path, not the client). From any peer, the underscore spellings of
+# identity fields are dropped: a CGI/WSGI backend would read `X_Forwarded_For` as the real one.
+_DROP_UNTRUSTED: Final = HOP_BY_HOP | IDENTITY | UNDERSCORE_IDENTITY
+_DROP_TRUSTED: Final = HOP_BY_HOP | UNDERSCORE_IDENTITY
+# What a client learns of a gateway failure. The reason itself names endpoints, errno text
+# or clusters: that is for the operator (the access log's `error`), not for whoever asks.
+_GATEWAY_PHRASES: Final = {
+    502: "no valid answer from the upstream server",
+    503: "no upstream server is available, try again later",
+    504: "the upstream server did not answer in time",
+}
 # Response fields bascule re-frames or drops: hop-by-hop ones and Content-Length. Matched on a
 # lower-cased head (llhttp has refused whitespace before the colon and obs-fold already).
 _RESPONSE_FIELDS: Final = re.compile(
     rb"\n(connection|keep-alive|proxy-connection|te|transfer-encoding|upgrade|trailer"
     rb"|proxy-authenticate|proxy-authorization|content-length):"
 )
-
-
-def _transparent_socket(client: str) -> socket.socket:
-    """A socket bound to the client's address, which is not ours: IP_TRANSPARENT allows it."""
-    v6 = ":" in client
-    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
-    try:
-        # IPV6_TRANSPARENT (75) is missing from Python's socket module.
-        level = socket.IPPROTO_IPV6 if v6 else socket.SOL_IP
-        sock.setsockopt(level, 75 if v6 else socket.IP_TRANSPARENT, 1)
-        sock.setblocking(False)
-        sock.bind((client, 0))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def _drop_fields(block: bytes, names: frozenset[bytes]) -> bytes:
@@ -98,6 +99,9 @@ class Exchange:
     __slots__ = (
         "_head",
         "_task",
+        "body_declared",
+        "body_out",
+        "body_sent",
         "bytes_sent",
         "client_chunked",
         "close_after",
@@ -147,8 +151,11 @@ class Exchange:
         self.retries = 0
         self.replay: list[bytes] | None = None
         self.out: list[bytes] = []
+        self.body_out: list[bytes] = []  # chunk data of the current read, sent as one chunk
         self.status = 0
         self.bytes_sent = 0
+        self.body_sent = 0  # request body bytes written upstream on the current connection
+        self.body_declared = 0  # what the upstream head framed: a length, or -1 for chunked
         self.client_chunked = False
         self.until_close = False
         self.close_after = False
@@ -166,7 +173,7 @@ class Exchange:
         self.t_header = 0.0
         self.error = ""
         self.queued: asyncio.TimerHandle | None = None  # waiting in the cluster's queue
-        self.sticky: bytes | None = None  # sticky clusters: the address the cookie named
+        self.sticky: bytes | None = None  # sticky clusters: the valid cookie value the client sent
 
     # ------------------------------------------------------------ routing
 
@@ -231,6 +238,10 @@ class Exchange:
         self.endpoint = endpoint
         endpoint.active += 1
         self.t_dispatch = time.monotonic()
+        if self.tried:
+            # Counted once an endpoint is there to retry on: a retry that found none left
+            # did not happen.
+            self.retries += 1
         self.tried.append(endpoint)
         pool = cluster.pools[endpoint]
         conn = pool.acquire()
@@ -238,47 +249,30 @@ class Exchange:
             assert isinstance(conn, UpstreamConnection)
             self._attach(conn)
             return
-        self._task = self.loop.create_task(self._connect(cluster, endpoint))
+        self._connect(cluster, endpoint)
 
     def _pick_extended(self, cluster: Cluster) -> Endpoint | None:
         """Pick with a key, a sticky cookie and the cluster's limits; None when answered
         (503/502) or queued. A picked endpoint counts against the cluster's limits."""
         accept = self._accept if self.tried else None
-        if cluster.max_requests and cluster.active >= cluster.max_requests:
-            if not self._enqueue(cluster):
-                cluster.rejected += 1
-                self.respond_error(503, f"cluster {cluster.name} is at max_requests")
-            return None
-        endpoint: Endpoint | None = None
-        if cluster.sticky is not None:
-            endpoint = self._sticky_pick(cluster, accept)
-        if endpoint is None:
-            key = self._hash_key(cluster) if cluster.keyed else None
-            endpoint = cluster.pick(key, accept)
-        if (
-            endpoint is not None
-            and cluster.max_connections
-            and not cluster.pools[endpoint].idle
-            and not cluster.room_for_connection(endpoint)
-        ):
-            # Every connection the cluster may hold is busy: wait for one, or overflow.
-            if not self._enqueue(cluster):
-                cluster.rejected += 1
-                self.respond_error(503, f"cluster {cluster.name} is at max_connections")
-            return None
-        if endpoint is None:
-            if cluster.saturated() and self._enqueue(cluster):
-                return None
-            if self.tried:
-                self.respond_error(502, self.error or "no endpoint left to retry")
-            elif cluster.saturated():
-                cluster.rejected += 1
-                self.respond_error(503, f"every endpoint of cluster {cluster.name} is full")
-            else:
-                self.respond_error(503, f"no healthy endpoint in cluster {cluster.name}")
-            return None
-        cluster.active += 1
-        return endpoint
+
+        def pick() -> Endpoint | None:
+            endpoint = self._sticky_pick(cluster, accept) if cluster.sticky is not None else None
+            if endpoint is None:
+                key = self._hash_key(cluster) if cluster.keyed else None
+                endpoint = cluster.pick(key, accept)
+            return endpoint
+
+        verdict = admit(cluster, pick, bool(self.tried))
+        if isinstance(verdict, Endpoint):
+            return verdict
+        if isinstance(verdict, Refuse):
+            self.respond_error(
+                verdict.status, verdict.reason or self.error or "no endpoint left to retry"
+            )
+        else:
+            self._enqueue(cluster)
+        return None
 
     def _hash_key(self, cluster: Cluster) -> bytes | None:
         """The bytes a keyed balancer hashes for this request; None (any endpoint) if absent."""
@@ -311,7 +305,7 @@ class Exchange:
         endpoint = cluster.sticky_endpoint(value)
         if endpoint is None:
             return None
-        self.sticky = endpoint.address.encode()
+        self.sticky = value
         if endpoint.available and (accept is None or accept(endpoint)):
             return endpoint
         return None
@@ -322,26 +316,24 @@ class Exchange:
         endpoint = self.tried[-1] if self.tried else None
         if cluster is None or cluster.sticky is None or endpoint is None:
             return
-        if self.sticky == endpoint.address.encode():
+        value = cluster.sticky_value(endpoint)
+        if self.sticky == value:
             return
         spec = cluster.sticky
         cookie = b"%s=%s; Path=%s; HttpOnly" % (
             spec.cookie.encode(),
-            cluster.sticky_value(endpoint),
+            value,
             spec.path.encode("latin-1"),
         )
         if spec.max_age is not None:
             cookie += b"; Max-Age=%d" % int(spec.max_age)
         parts.append(b"Set-Cookie: %s\r\n" % cookie)
 
-    def _enqueue(self, cluster: Cluster) -> bool:
-        """Wait for a free slot (`limits.max_pending`, `queue_timeout`); False when full."""
-        if len(cluster.waiting) >= cluster.max_pending:
-            return False
+    def _enqueue(self, cluster: Cluster) -> None:
+        """Wait for a free slot, up to `queue_timeout` (admission said there is room)."""
         cluster.waiting.append(self)
         cluster.queued += 1
         self.queued = self.loop.call_later(cluster.spec.limits.queue_timeout, self._queue_expired)
-        return True
 
     def wake(self) -> bool:
         """A slot freed up in the cluster (the Waiter protocol): try again, unless gone."""
@@ -365,54 +357,27 @@ class Exchange:
         cluster.queue_timeouts += 1
         self.respond_error(503, f"no endpoint of cluster {cluster.name} freed up in time")
 
-    async def _connect(self, cluster: Cluster, endpoint: Endpoint) -> None:
+    def _connect(self, cluster: Cluster, endpoint: Endpoint) -> None:
         pool = cluster.pools[endpoint]
         loop = self.loop
-        pool.open += 1  # counted from the first SYN; the connection takes it over
-        sock = None  # transparent proxying's own socket, until a transport owns it
-        conn: UpstreamConnection | None = None
-        try:
-            async with asyncio.timeout(cluster.spec.timeouts.connect):
-                if cluster.spec.source_address == "client":
-                    # Transparent proxying (packet/transparent.py): connect from the client's
-                    # own address; bascule's marks and policy routing hand the endpoint's
-                    # replies to this socket. Such clusters pool nothing (see Cluster).
-                    sock = _transparent_socket(self.session.peer)
-                    await loop.sock_connect(sock, (endpoint.host, endpoint.port))
-                    _, conn = await loop.create_connection(
-                        lambda: UpstreamConnection(pool, endpoint, loop), sock=sock
-                    )
-                else:
-                    _, conn = await loop.create_connection(
-                        lambda: UpstreamConnection(pool, endpoint, loop),
-                        endpoint.host,
-                        endpoint.port,
-                    )
-        except TimeoutError:
-            if self.endpoint is endpoint and not self.finished:
-                self.upstream_error(504, f"connect to {endpoint.address} timed out", True)
-            return
-        except OSError as e:
-            if self.endpoint is endpoint and not self.finished:
-                reason = e.strerror or str(e)
-                self.upstream_error(502, f"connect to {endpoint.address}: {reason}", True)
-            return
-        finally:
+
+        def done(conn: UpstreamConnection | None, status: int, reason: str) -> None:
             if conn is None:
-                pool.open -= 1
-                if sock is not None:
-                    sock.close()
-        pool.created += 1
-        conn.counted = True  # from here the connection gives back its place in `pool.open`
-        if conn.closed:  # lost before it was handed over: as a connect failure
-            pool.open -= 1
-            if self.endpoint is endpoint and not self.finished:
-                self.upstream_error(502, f"{endpoint.address} closed the new connection", True)
-            return
-        if self.finished or self.endpoint is not endpoint:
-            pool.release(conn, loop.time())  # a fresh connection is still good for the next
-            return
-        self._attach(conn)
+                if self.endpoint is endpoint and not self.finished:
+                    self.upstream_error(status, reason, True)
+            elif self.finished or self.endpoint is not endpoint:
+                pool.release(conn, loop.time())  # a fresh connection is still good for the next
+            else:
+                self._attach(conn)
+
+        self._task = self.ctx.connector.open(
+            pool,
+            endpoint,
+            lambda: UpstreamConnection(pool, endpoint, loop),
+            done,
+            timeout=cluster.spec.timeouts.connect,
+            client=self.session.peer,
+        )
 
     # ------------------------------------------------------------ request to upstream
 
@@ -433,8 +398,11 @@ class Exchange:
             request.body_buffered = 0
             if request.method in IDEMPOTENT_METHODS:
                 self.replay = body
+            length = sum(map(len, body))
             if not self._head or not request.host_raw:  # a synthesized Host names the endpoint
-                self._head = self._request_head(sum(map(len, body)), False)
+                self._head = self._request_head(length, False)
+            self.body_declared = request.content_length if request.framing == LENGTH else length
+            self.body_sent = length
             if body:
                 transport.writelines([self._head, *body])
             else:
@@ -444,10 +412,13 @@ class Exchange:
             self._head = self._request_head(0, request.framing == CHUNKED)
             out = [self._head]
             if request.framing == CHUNKED:
+                self.body_declared = -1
                 for chunk in request.body:
                     out += (b"%x\r\n" % len(chunk), chunk, _CRLF)
             else:
+                self.body_declared = request.content_length
                 out.extend(request.body)
+            self.body_sent = request.body_buffered
             request.body.clear()
             request.body_buffered = 0
             transport.writelines(out)
@@ -466,8 +437,11 @@ class Exchange:
         request = self.request
         conn = self.conn
         if conn is not None and conn.transport is not None:
+            self.body_sent += len(data)
             if request.framing == CHUNKED:
-                conn.transport.writelines((b"%x\r\n" % len(data), data, _CRLF))
+                # One read can hold thousands of tiny chunks: the session sends them once
+                # it has parsed the read (flush_request_body), as one chunk.
+                self.body_out.append(data)
             else:
                 conn.transport.write(data)
             return
@@ -482,7 +456,19 @@ class Exchange:
         elif request.body_buffered > _BUFFER_HIGH:
             self.session.pause_reading(_BUFFER)
 
+    def flush_request_body(self) -> None:
+        """Send the chunk data collected from one read as one chunk, in one write."""
+        out = self.body_out
+        self.body_out = []
+        conn = self.conn
+        if conn is None or conn.transport is None or self.response_done or self.finished:
+            return  # the endpoint's connection is gone or the answer is in: dropped, as above
+        data = out[0] if len(out) == 1 else b"".join(out)
+        conn.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+
     def on_request_complete(self) -> None:
+        if self.body_out:
+            self.flush_request_body()
         if self.response_done:
             self._finish()
             return
@@ -507,6 +493,10 @@ class Exchange:
         target = request.target
         if route.rewrite_prefix is not None:
             path = route.rewrite(request.path)
+            ctx = self.ctx
+            if ctx.normalize_path:
+                # `/api..` under a prefix `/api` rewritten to `/v1/` would be `/v1/..`
+                path = resolve_path(path, ctx.merge_slashes)
             target = (path + ("?" + request.query if request.query else "")).encode("latin-1")
         edits = route.request_edits
         if session.trusted_peer:
@@ -547,7 +537,9 @@ class Exchange:
         session = self.session
         ctx = self.ctx
         fwd = ctx.forwarded
-        drop = HOP_BY_HOP | request.conn_tokens | removed
+        drop = _DROP_TRUSTED
+        if request.conn_tokens or removed:
+            drop = drop | request.conn_tokens | removed
         lines: list[bytes] = []
         prior_xff: list[bytes] = []
         prior_fwd: list[bytes] = []
@@ -709,12 +701,20 @@ class Exchange:
             self.out.append(LAST_CHUNK)
         self.flush()
         self.response_done = True
-        self._release_upstream(conn.keep_alive and self.request_sent, self.status < 500)
+        self._release_upstream(conn.keep_alive and self._request_fully_sent(), self.status < 500)
         if self.request.complete:
             self._finish()
         else:
             # The answer came before the whole request: drop the rest of the body, then go on.
             self.session.resume_reading(_UPSTREAM | _BUFFER)
+
+    def _request_fully_sent(self) -> bool:
+        """Exactly the framed request body went upstream: a length-framed body to its last
+        byte, a chunked one to its last chunk (which is what sets `request_sent`)."""
+        if not self.request_sent:
+            return False
+        declared = self.body_declared
+        return declared < 0 or self.body_sent == declared
 
     def _release_upstream(self, reusable: bool, ok: bool = False) -> None:
         """Give the connection back (to its pool, or closed) and the endpoint its verdict."""
@@ -781,7 +781,6 @@ class Exchange:
         self._release_upstream(False)
         self.out.clear()
         if retryable and self._can_retry():
-            self.retries += 1
             self._dispatch()
             return
         self.respond_error(status, reason)
@@ -789,13 +788,13 @@ class Exchange:
     def _can_retry(self) -> bool:
         cluster = self.cluster
         request = self.request
-        return (
-            cluster is not None
-            and self.retries < cluster.spec.retries.attempts
-            and not self.response_started
-            and request.complete
-            and request.method in IDEMPOTENT_METHODS
-            and (request.framing == NO_BODY or self.replay is not None)
+        return cluster is not None and may_retry(
+            self.retries,
+            cluster.spec.retries.attempts,
+            method=request.method,
+            response_started=self.response_started,
+            request_complete=request.complete,
+            body_replayable=request.framing == NO_BODY or self.replay is not None,
         )
 
     def check_deadlines(self, now: float) -> float:
@@ -873,8 +872,10 @@ class Exchange:
     # ------------------------------------------------------------ local responses
 
     def respond_error(self, status: int, reason: str) -> None:
+        """An error answer: `reason` goes to the access log; a gateway error's body is generic."""
         extra = [(b"Retry-After", b"1")] if status == 503 else None
-        self.respond_local(status, error_body(status, reason), reason, extra=extra)
+        detail = _GATEWAY_PHRASES.get(status, reason)
+        self.respond_local(status, error_body(status, detail), reason, extra=extra)
 
     def respond_local(
         self,
@@ -891,7 +892,13 @@ class Exchange:
         close = self.close_after or not request.keep_alive or self.ctx.draining
         head_only = request.method == "HEAD"
         response = simple_response(
-            status, body, close=close, extra=extra, head_only=head_only, content_type=content_type
+            status,
+            body,
+            close=close,
+            extra=extra,
+            head_only=head_only,
+            content_type=content_type,
+            date=HTTP_DATE.value(),
         )
         self.respond_raw(response, status, close, 0 if head_only else len(body))
 
@@ -930,27 +937,34 @@ class Exchange:
             client = client_from_xff(
                 session.peer, split_list(request.header_values(b"x-forwarded-for")), trusted
             )
-        log.log(
+        r = ExchangeRecord(
             self.ctx.name,
-            client,
             session.peer,
             request.method,
             request.target.decode("latin-1"),
-            request.version,
             self.status,
-            self.bytes_sent,
-            self.cluster.name if self.cluster is not None else "",
-            self.tried[-1].address if self.tried else "",
-            self.route.name if self.route is not None else "",
-            (self.t_header - t_up) * 1000 if self.t_header and t_up else 0.0,
-            (now - t_up) * 1000 if t_up else 0.0,
-            (now - request.start) * 1000,
-            self.retries,
-            request.host,
-            request.header(b"user-agent"),
-            request.header(b"referer") if log.fmt == "combined" else "",
-            self.error,
         )
+        r.client = client
+        r.version = request.version
+        r.bytes_sent = self.bytes_sent
+        if self.cluster is not None:
+            r.cluster = self.cluster.name
+        if self.tried:
+            r.endpoint = self.tried[-1].address
+        if self.route is not None:
+            r.route = self.route.name
+        if t_up:
+            if self.t_header:
+                r.upstream_header_ms = (self.t_header - t_up) * 1000
+            r.upstream_ms = (now - t_up) * 1000
+        r.total_ms = (now - request.start) * 1000
+        r.retries = self.retries
+        r.host = request.host
+        r.user_agent = request.header(b"user-agent")
+        if log.fmt == "combined":
+            r.referer = request.header(b"referer")
+        r.error = self.error
+        log.log(r)
 
     # ------------------------------------------------------------ flow control
 

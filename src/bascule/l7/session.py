@@ -9,6 +9,10 @@ Rules of this module:
   nothing, the timer re-arms itself to the earliest one when it fires.
 - A bad request earns its status (400, 408, 413, 414, 431, 501), an access-log line and a
   graceful close; it never touches another connection.
+- A body is always read as a body. llhttp skips the body of a request that asks for an
+  upgrade (`Connection: upgrade` + `Upgrade`); bascule serves such a request as plain HTTP
+  (RFC 9110 §7.8), so it decodes that body itself (`_own_body`) before parsing on, and the
+  body can never run as the client's next request (issue 13: request smuggling).
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ from typing import Final
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from bascule.codec.headers import connection_tokens, forwarded_element
+from bascule.codec.chunked import ChunkedDecoder
+from bascule.codec.headers import (
+    connection_tokens,
+    drop_underscored,
+    forwarded_element,
+    route_host,
+)
 from bascule.codec.http1 import (
     CHUNKED,
     LENGTH,
@@ -30,9 +40,12 @@ from bascule.codec.http1 import (
     parse_transfer_encoding,
     simple_response,
 )
+from bascule.codec.path import FRAGMENT, normalize_path
 from bascule.l7.context import ListenerContext
 from bascule.l7.exchange import Exchange
+from bascule.l7.http_date import HTTP_DATE
 from bascule.l7.request import Request
+from bascule.observe.access_log import ExchangeRecord
 
 INF: Final = float("inf")
 
@@ -40,6 +53,15 @@ INF: Final = float("inf")
 PIPELINE: Final = 1
 UPSTREAM: Final = 2
 BUFFER: Final = 4
+FAIR: Final = 8  # this read's budget is spent: other connections go first (see _feed_fairly)
+# A chunked body costs one parser callback per chunk, so a client sending 1-byte chunks could
+# hold the loop for a whole 256 KiB read (~40,000 callbacks). Such a read is parsed a slice at
+# a time, and after _CHUNK_BUDGET chunks the rest waits for the next loop turn. Slices start
+# small (a chunk takes at least 6 bytes, so one slice holds at most ~10 of them) and grow
+# while they hold few chunks, so a body of large chunks is still parsed in large pieces.
+_SLICE: Final = 64
+_SLICE_MAX: Final = 16384  # one slice of 6-byte chunks: ~2,700 callbacks, ~2 ms
+_CHUNK_BUDGET: Final = 8
 LINGER_SECONDS: Final = 2.0
 _HEAD_SLACK: Final = 16 * 1024
 
@@ -57,8 +79,12 @@ _SPECIAL: Final = frozenset(
 
 class HttpSession(asyncio.Protocol):
     __slots__ = (
+        "_body_left",
+        "_body_reader",
         "_broken",
+        "_chunks",
         "_closing",
+        "_eof",
         "_error",
         "_head_bytes",
         "_head_size",
@@ -66,10 +92,20 @@ class HttpSession(asyncio.Protocol):
         "_heads",
         "_identity",
         "_identity_host",
+        "_idle",
         "_in_head",
         "_linger",
+        "_own_body",
         "_parsing",
         "_paused",
+        "_paused_at",
+        "_rate_bytes",
+        "_rate_from",
+        "_rate_request",
+        "_refused",
+        "_rest",
+        "_rest_at",
+        "_slicing",
         "_timer",
         "_timer_at",
         "_url",
@@ -106,8 +142,14 @@ class HttpSession(asyncio.Protocol):
         self._heads = 0  # heads parsed on this connection
         self._in_head = True
         self._paused = 0
+        self._paused_at = 0.0  # when reading last paused, to hold the head deadline meanwhile
+        self._eof = False  # the client half-closed: nothing more to read after what is parsed
         self._closing = False
         self._linger: asyncio.TimerHandle | None = None
+        # the request whose body bascule decodes itself (see the module rules)
+        self._own_body: Request | None = None
+        self._body_reader: ChunkedDecoder | None = None  # chunked; else `_body_left` bytes
+        self._body_left = 0
         self._error: ProtocolError | None = None
         self._broken: ProtocolError | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -120,18 +162,27 @@ class HttpSession(asyncio.Protocol):
         self.trusted_peer = False
         self._identity = b""
         self._identity_host: bytes | None = None
+        self._idle = False  # between exchanges with nothing buffered: the listener may reclaim it
+        self._refused = False  # over its client's connection limit: answered 429
+        self._chunks = 0  # body chunks parsed in this loop turn (see _feed_fairly)
+        self._slicing = False
+        self._rest = b""  # a read whose part from `_rest_at` is left for the next loop turn
+        self._rest_at = 0
+        # limits.min_body_rate: the request whose body is timed, its window's start and bytes
+        self._rate_request: Request | None = None
+        self._rate_from = 0.0
+        self._rate_bytes = 0
 
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         ctx = self.ctx
-        ctx.sessions.add(self)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer, self.peer_port = peer[0], peer[1]
             self.trusted_peer = bool(ctx.trusted) and ctx.trusted.contains(self.peer)
-        if len(ctx.sessions) > ctx.limits.max_connections or ctx.draining:
+        if ctx.draining:  # accepted just before the listener stopped
             self._closing = True
             self.transport.abort()
             return
@@ -141,13 +192,31 @@ class HttpSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._idle:
+            self._idle = False
+            self.ctx.registry.busy(self)
+        elif self._refused:
+            self._answer_refused()
+            return
+        if not self._slicing and len(data) > _SLICE:
+            request = self._parsing
+            if request is not None and request.framing == CHUNKED:
+                self._feed_fairly(data)
+                return
         self.last_read = self.loop.time()
+        if self._own_body is not None:
+            data = self._feed_own_body(data)
+            if not data:
+                if not self._slicing and not self._closing:
+                    self._after_read()
+                return
         heads_before = self._heads
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
             # `Connection: upgrade` made llhttp stop after the head. bascule strips Upgrade and
-            # serves the request as plain HTTP, so parse what follows as the next request.
+            # serves the request as plain HTTP: its body (if any) is decoded by `_own_body`,
+            # then what follows is parsed as the next request by a fresh parser.
             offset = e.args[0] if e.args else len(data)
             self.parser = HttpRequestParser(self)
             if offset < len(data) and not self._closing:
@@ -164,16 +233,90 @@ class HttpSession(asyncio.Protocol):
             limits = self.ctx.limits
             if self._head_bytes > limits.max_header_size + limits.max_uri + _HEAD_SLACK:
                 self._protocol_error(ProtocolError("request head too large", 431))
+                return
+        if not self._slicing:
+            self._after_read()
+
+    def _after_read(self) -> None:
+        """Once per read: send the body chunks it yielded in one write, time a new body."""
+        exchange = self.exchange
+        if exchange is not None and exchange.body_out:
+            exchange.flush_request_body()
+        request = self._parsing
+        if request is not None and request is not self._rate_request and request.framing:
+            rate = self.ctx.limits.min_body_rate
+            if rate:
+                self._rate_request = request
+                self._rate_from = now = self.loop.time()
+                self._rate_bytes = request.body_received
+                self.arm(now + self.ctx.limits.body_rate_window)
+
+    def _feed_fairly(self, data: bytes, pos: int = 0) -> None:
+        """Parse a long read of a chunked body in slices, up to _CHUNK_BUDGET chunks per loop
+        turn; the rest waits (reading paused) until other ready connections have run."""
+        self._slicing = True
+        self._chunks = 0
+        dense = 0  # chunks parsed in slices that held several: the ones that cost
+        end = len(data)
+        size = _SLICE
+        try:
+            while pos < end and not self._closing:
+                before = self._chunks
+                self.data_received(data[pos : pos + size])
+                pos += size
+                parsed = self._chunks - before
+                if parsed < 2:
+                    # few chunks in this slice: large ones, cheap to parse; take more at once
+                    size = min(size * 4, _SLICE_MAX)
+                    continue
+                dense += parsed
+                if dense >= _CHUNK_BUDGET:
+                    if pos < end:
+                        self._rest = data
+                        self._rest_at = pos
+                        self.pause_reading(FAIR)
+                        self.loop.call_soon(self._feed_rest)
+                    break
+        finally:
+            self._slicing = False
+        if not self._closing and not self._rest:  # the whole read is parsed: one write
+            self._after_read()
+
+    def _feed_rest(self) -> None:
+        rest, self._rest = self._rest, b""
+        if self._closing:
+            return
+        self._feed_fairly(rest, self._rest_at)
+        if not self._rest:
+            self.resume_reading(FAIR)
+
+    def _answer_refused(self) -> None:
+        reason = "too many connections from this client"
+        self.log_local("-", self._url.decode("latin-1") or "-", 429, reason)
+        self.send_error(429, reason)
+
+    def refuse(self) -> None:
+        """The listener accepted this connection beyond its client's limit: answer its first
+        request with 429, then close."""
+        self._refused = True
+
+    def reclaim(self) -> None:
+        """The listener needs this idle session's place: close it (nothing is in flight)."""
+        self._idle = False
+        self._close_now()
 
     def eof_received(self) -> bool | None:
-        # A client may half-close after its last request and still read the answer.
+        # A client may half-close after its last request and still read the answers: keep
+        # the socket open for them, and close once the last one is written (exchange_done).
         if self.exchange is not None and self._parsing is None:
+            self._eof = True
             return True
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self.ctx.sessions.discard(self)
+        self._rest = b""
+        self.ctx.registry.closed(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -251,6 +394,13 @@ class HttpSession(asyncio.Protocol):
         if request.framing:
             self.body_deadline = now + self.ctx.timeouts.request_body
             self.arm(self.body_deadline)
+            if parser.should_upgrade():
+                # llhttp will skip this body and call the message complete: read it ourselves.
+                self._own_body = request
+                if request.framing == CHUNKED:
+                    self._body_reader = ChunkedDecoder(self.ctx.limits.max_header_size)
+                else:
+                    self._body_left = request.content_length
         else:
             request.complete = True  # nothing follows the head: it can be sent (and retried) whole
         if self.exchange is None and not self.pending:
@@ -263,6 +413,7 @@ class HttpSession(asyncio.Protocol):
         request = self._parsing
         if request is None:
             return
+        self._chunks += 1
         request.body_received += len(body)
         limit = self.ctx.limits.max_request_body
         if limit and request.body_received > limit:
@@ -276,6 +427,8 @@ class HttpSession(asyncio.Protocol):
             request.body_buffered += len(body)
 
     def on_message_complete(self) -> None:
+        if self._own_body is not None:
+            return  # llhttp's word for a body it skipped: `_feed_own_body` ends this message
         self._in_head = True
         self._head_bytes = 0
         request = self._parsing
@@ -290,10 +443,37 @@ class HttpSession(asyncio.Protocol):
         if exchange is not None and exchange.request is request:
             exchange.on_request_complete()
 
+    def _feed_own_body(self, data: bytes) -> bytes:
+        """Decode the body llhttp skipped; returns the bytes after it (b"" while it goes on)."""
+        reader = self._body_reader
+        try:
+            if reader is not None:
+                pieces, done, rest = reader.feed(data)
+                for piece in pieces:
+                    self.on_body(piece)
+            else:
+                take = min(self._body_left, len(data))
+                self._body_left -= take
+                done = not self._body_left
+                rest = data[take:]
+                if take:
+                    self.on_body(data[:take] if rest else data)
+        except ProtocolError as err:
+            self._error = None
+            self._own_body = self._body_reader = None
+            self._protocol_error(err)
+            return b""
+        if not done:
+            return b""
+        self._own_body = self._body_reader = None
+        self.on_message_complete()
+        return b"" if self._closing else rest
+
     # ------------------------------------------------------------ request head rules
 
     def _check_head(self, request: Request) -> None:
-        """RFC 9112 framing and the listener's limits; raises ProtocolError with the status."""
+        """RFC 9112 framing, Host and path syntax, the listener's limits and request rules;
+        raises ProtocolError with the status. Leaves the path and target normalised."""
         hosts: list[bytes] = []
         lengths: list[bytes] = []
         codings: list[bytes] = []
@@ -334,31 +514,51 @@ class HttpSession(asyncio.Protocol):
             # A client may not make framing or Host "hop-by-hop": dropping them would let the
             # body be read as a second request upstream (smuggling).
             request.conn_tokens = connection_tokens(connection) - _NOT_HOP_BY_HOP
+        ctx = self.ctx
+        if ctx.underscores != "allow":
+            request.headers = drop_underscored(request.headers, ctx.underscores)
         target = request.target
+        if FRAGMENT in target:
+            # RFC 9112 §3.2: no fragment; servers differ on where the path ends if one is sent
+            raise ProtocolError("fragment (#) in the request target")
         if target[:1] != b"/":
             if target == b"*" and request.method == "OPTIONS":
                 pass
             elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
                 # absolute-form (RFC 9112 §3.2.2): its authority replaces Host
                 rest = target.split(b"://", 1)[1]
-                authority, slash, path = rest.partition(b"/")
-                authority = authority.rpartition(b"@")[2]  # no userinfo upstream
+                end = len(rest)
+                for delimiter in (b"/", b"?"):
+                    found = rest.find(delimiter)
+                    if 0 <= found < end:
+                        end = found
+                authority = rest[:end].rpartition(b"@")[2]  # no userinfo upstream
                 if not authority:
                     raise ProtocolError("absolute-form target without a host")
                 hosts = [authority]
                 # RFC 9112 §3.2.2: the target's authority replaces any Host field.
                 request.headers = [h for h in request.headers if h[0] != b"host"]
                 request.headers.append((b"host", b"Host", authority))
-                request.target = target = slash + path if slash else b"/"
+                path_and_query = rest[end:]
+                if path_and_query[:1] != b"/":
+                    path_and_query = b"/" + path_and_query
+                request.target = target = path_and_query
             else:
                 raise ProtocolError("invalid request target")
-        path, _, query = target.partition(b"?")
-        request.path = path.decode("latin-1")
+        raw_path, mark, query = target.partition(b"?")
+        request.path = path = raw_path.decode("latin-1")
         request.query = query.decode("latin-1")
+        if path != "*":
+            normal = normalize_path(
+                path, ctx.normalize_path, ctx.merge_slashes, ctx.escaped_slashes
+            )
+            if normal != path:
+                # what the route matches is what goes upstream and into the access log
+                request.path = normal
+                request.target = normal.encode("latin-1") + mark + query
         if hosts:
             request.host_raw = hosts[0].strip()
-            host = request.host_raw.decode("latin-1").lower()
-            request.host = host[: host.find("]") + 1] if host[:1] == "[" else host.partition(":")[0]
+            request.host = route_host(request.host_raw)
 
     def identity(self, host: bytes) -> bytes:
         """The client-identity fields bascule adds for an untrusted client, per session.
@@ -420,12 +620,19 @@ class HttpSession(asyncio.Protocol):
             return
         if self._broken is not None:
             err, self._broken = self._broken, None
+            self.log_local("-", self._url.decode("latin-1"), err.status, err.reason)
             self.send_error(err.status, err.reason)
+            return
+        if self._eof:
+            # A half-closed client sends nothing more: a head it started will never end.
+            self._close_now()
             return
         self.resume_reading(PIPELINE)
         if self._parsing is None and not self.header_deadline:
             self.idle_deadline = self.loop.time() + self.ctx.timeouts.idle
             self.arm(self.idle_deadline)
+            self._idle = True
+            self.ctx.registry.idle(self)
 
     # ------------------------------------------------------------ errors and closing
 
@@ -448,33 +655,16 @@ class HttpSession(asyncio.Protocol):
         self.send_error(err.status, err.reason)
 
     def send_error(self, status: int, reason: str) -> None:
-        self.write(simple_response(status, error_body(status, reason), close=True))
+        body = error_body(status, reason)
+        self.write(simple_response(status, body, close=True, date=HTTP_DATE.value()))
         self.close_gracefully()
 
     def log_local(self, method: str, uri: str, status: int, error: str) -> None:
         log = self.ctx.access_log
         if log.enabled:
-            log.log(
-                self.ctx.name,
-                self.peer,
-                self.peer,
-                method,
-                uri,
-                "1.1",
-                status,
-                0,
-                "",
-                "",
-                "",
-                0.0,
-                0.0,
-                0.0,
-                0,
-                "",
-                "",
-                "",
-                error,
-            )
+            r = ExchangeRecord(self.ctx.name, self.peer, method, uri, status)
+            r.error = error
+            log.log(r)
 
     def write(self, data: bytes) -> None:
         if not self._closing:
@@ -527,6 +717,7 @@ class HttpSession(asyncio.Protocol):
     def pause_reading(self, reason: int) -> None:
         if not self._paused and not self._closing:
             self.transport.pause_reading()
+            self._paused_at = self.loop.time()
         self._paused |= reason
 
     def resume_reading(self, reason: int) -> None:
@@ -534,6 +725,11 @@ class HttpSession(asyncio.Protocol):
             self._paused &= ~reason
             if not self._paused and not self._closing:
                 self.transport.resume_reading()
+                if self.header_deadline:
+                    # The rest of the head may have waited in the kernel while bascule did
+                    # not read: that time is bascule's, not the client's.
+                    self.header_deadline += self.loop.time() - self._paused_at
+                    self.arm(self.header_deadline)
 
     # ------------------------------------------------------------ deadlines
 
@@ -544,6 +740,38 @@ class HttpSession(asyncio.Protocol):
             self._timer_at = when
             self._timer = self.loop.call_at(when, self._on_timer)
 
+    def _check_body_rate(self, now: float) -> float:
+        """limits.min_body_rate: -1 when the body was cut, else when to look again."""
+        request = self._rate_request
+        if request is None or request is not self._parsing:
+            self._rate_request = None  # that body is complete (or the session moved on)
+            return INF
+        limits = self.ctx.limits
+        window = limits.body_rate_window
+        if self._paused:
+            # bascule itself is not reading (a full upstream, say): not the client's fault
+            self._rate_from = now
+            self._rate_bytes = request.body_received
+            return now + window
+        end = self._rate_from + window
+        if end > now:
+            return end
+        if request.body_received - self._rate_bytes < limits.min_body_rate * (
+            now - self._rate_from
+        ):
+            self._rate_request = None
+            reason = "request body too slow"
+            exchange = self.exchange
+            if exchange is not None and exchange.request is request:
+                exchange.client_failed(408, reason)
+            else:
+                self.log_local(request.method, request.target.decode("latin-1"), 408, reason)
+                self.abort()
+            return -1
+        self._rate_from = now
+        self._rate_bytes = request.body_received
+        return now + window
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = INF
@@ -552,7 +780,7 @@ class HttpSession(asyncio.Protocol):
         now = self.loop.time()
         nxt = INF
         d = self.header_deadline
-        if d:
+        if d and not self._paused:  # held while paused; resume_reading moves and re-arms it
             if d <= now:
                 self.header_deadline = 0.0
                 if self.exchange is None:
@@ -580,7 +808,19 @@ class HttpSession(asyncio.Protocol):
                 if self.exchange is not None and self.exchange.request is self._parsing:
                     self.exchange.client_failed(408, "request body timeout")
                 else:
+                    parsing = self._parsing
+                    self.log_local(
+                        parsing.method,
+                        parsing.target.decode("latin-1"),
+                        408,
+                        "request body timeout",
+                    )
                     self.abort()
+                return
+            nxt = min(nxt, d)
+        if self._rate_request is not None:
+            d = self._check_body_rate(now)
+            if d < 0:
                 return
             nxt = min(nxt, d)
         if self.write_paused_since:

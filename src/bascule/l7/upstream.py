@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpResponseParser
 
+from bascule.upstream.connect import Connection
+
 if TYPE_CHECKING:
+    from bascule.balance.endpoint import Endpoint
     from bascule.l7.exchange import Exchange
-    from bascule.upstream.endpoint import Endpoint
     from bascule.upstream.pool import Pool
 
 
@@ -28,14 +30,12 @@ class _RelayRaw(Exception):
     parser is then replaced): a long body is relayed raw, a HEAD response ends there."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(Connection):
     __slots__ = (
         "_done",
         "_head_ended",
         "_raw_body",
         "body_length",
-        "closed",
-        "counted",
         "endpoint",
         "exchange",
         "head_buf",
@@ -53,14 +53,13 @@ class UpstreamConnection(asyncio.Protocol):
     )
 
     def __init__(self, pool: Pool, endpoint: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self.pool = pool
         self.endpoint = endpoint
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.parser = HttpResponseParser(self)
-        self.closed = False
-        self.counted = False  # holds one of its pool's `open` (handed over by the connector)
         self.keep_alive = True
         self.idle_since = 0.0
         self.last_read = 0.0

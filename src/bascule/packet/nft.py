@@ -39,9 +39,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from bascule.balance.maglev import maglev_table
+from bascule.balance.round_robin import smooth_weighted_sequence
 from bascule.config.services import ServiceConfig, nft_identifier
-from bascule.upstream.balancers.maglev import maglev_table
-from bascule.upstream.balancers.round_robin import smooth_weighted_sequence
 
 TABLE_SIZE = 65537  # prime, as Maglev needs; the slot maps have this many entries
 HASH_SEED = 0x62736375  # "bscu": fixed so that every LB hashes a flow the same way

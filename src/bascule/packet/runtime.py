@@ -35,6 +35,8 @@ from pathlib import Path
 
 from bascule.config.schema import Config
 from bascule.config.services import ServiceConfig
+from bascule.errors import StartupError
+from bascule.observe import events
 from bascule.packet import apply, transparent
 from bascule.packet.manager import ServiceManager, health_key
 from bascule.upstream.health import ActiveChecker, CheckTarget
@@ -149,12 +151,12 @@ class PacketRuntime:
             try:
                 await asyncio.to_thread(self.manager.stop)
             except apply.PacketError as exc:
-                self.printer(f"bascule: could not remove the services' nft tables: {exc}")
+                events.error("services", f"could not remove the services' nft tables: {exc}")
             if self._transparent_up:
                 try:
                     await asyncio.to_thread(transparent.teardown, self.netns)
                 except apply.PacketError as exc:
-                    self.printer(f"bascule: could not remove transparent routing: {exc}")
+                    events.error("transparent", f"could not remove transparent routing: {exc}")
                 self._transparent_up = False
 
     def _write_status(self) -> None:
@@ -167,14 +169,16 @@ class PacketRuntime:
             tmp.write_text(json.dumps(data))
             tmp.replace(path)
         except OSError as exc:
-            self.printer(f"bascule: cannot write {STATUS_DIR}: {exc}")
+            events.warning("services", f"cannot write {STATUS_DIR}: {exc}")
 
     # -------------------------------------------------------------- health
 
     def _on_change(self, key: str, healthy: bool) -> None:
         self.health[key] = healthy
-        self.printer(
-            f"bascule: service {key.replace('/', ': ', 1)} is {'up' if healthy else 'down'}"
+        events.emit(
+            "info" if healthy else "warning",
+            "health",
+            f"service {key.replace('/', ': ', 1)} is {'up' if healthy else 'down'}",
         )
         self._changed.set()
 
@@ -192,9 +196,9 @@ class PacketRuntime:
                     program = await asyncio.shield(self._inflight)
                     self._write_status()
                     changed = program.count("\n")
-                    self.printer(f"bascule: services: kernel updated ({changed} nft statements)")
+                    events.info("services", f"services: kernel updated ({changed} nft statements)")
                 except apply.PacketError as exc:
-                    self.printer(f"bascule: services: {exc}")
+                    events.error("services", f"services: {exc}")
 
 
 async def start_packet(config: Config, printer: Printer = print) -> PacketRuntime | None:
@@ -202,8 +206,6 @@ async def start_packet(config: Config, printer: Printer = print) -> PacketRuntim
     wants_transparent = any(c.source_address == "client" for c in config.clusters)
     if not config.services and not wants_transparent:
         return None
-    from bascule.runtime.supervisor import StartupError
-
     runtime = PacketRuntime(config.services, transparent=wants_transparent, printer=printer)
     try:
         await runtime.start()

@@ -10,6 +10,12 @@ Rules of this module:
 - The control plane runs here, in this event loop: active health checks, discovery and the
   admin API. Their results reach workers through `channel` (stdin lines); workers report
   their counters back on a pipe of their own, and the admin API sums them.
+- Two kinds of output on stderr: the banner (plain lines for the person who started bascule,
+  once), and event lines (health flips, workers, discovery, drain), which all go through
+  `bascule.observe.events`, with a time and a level, where the config's `log:` says.
+- The config's `demo_backends:` are served here, in this event loop, before the banner.
+- Sticky clusters without a configured secret get one random key for this run, put into the
+  snapshot every worker gets (runtime/sticky.py): all workers honour each other's cookies.
 """
 
 from __future__ import annotations
@@ -22,18 +28,18 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bascule.config.schema import Config, EndpointConfig, ListenerConfig
+from bascule.config.schema import Config, EndpointConfig, ListenerConfig, LogConfig
+from bascule.config.units import format_address
 from bascule.control.admin import AdminServer, cluster_view
+from bascule.errors import StartupError
+from bascule.observe import events
 from bascule.runtime import channel
+from bascule.runtime.sticky import new_secret, with_sticky_secret
 from bascule.runtime.worker import Worker
 from bascule.upstream.discovery import Discovery
 from bascule.upstream.health import ActiveChecker, cluster_targets
 
 Printer = Callable[[str], None]
-
-
-class StartupError(Exception):
-    """Something the user must fix before bascule can serve (a port in use, say)."""
 
 
 def bind_listener(spec: ListenerConfig) -> socket.socket:
@@ -60,12 +66,11 @@ class Supervisor:
         self,
         config: Config,
         *,
-        demo_backends: list[tuple[str, int, str]] | None = None,
         printer: Printer = print,
     ) -> None:
-        self.config = config
-        self.demo_backends = demo_backends or []
-        self.printer = printer
+        self.sticky_secret = new_secret()  # kept for the run: a reload must reuse it
+        self.config = with_sticky_secret(config, self.sticky_secret)
+        self.printer = printer  # the banner's; event lines go through observe.events
         self.sockets: dict[str, socket.socket] = {}
         self.children: dict[int, asyncio.subprocess.Process] = {}
         self.stop = asyncio.Event()
@@ -86,15 +91,17 @@ class Supervisor:
             self.sockets[spec.name] = bind_listener(spec)
         await self._start_control()
         demo_servers = []
-        if self.demo_backends:
+        if self.config.demo_backends:
             from bascule.demo_backend import start_demo_backend
 
-            for host, port, name in self.demo_backends:
+            for backend in self.config.demo_backends:
+                host, port = backend.address
                 try:
-                    demo_servers.append(await start_demo_backend(host, port, name))
+                    demo_servers.append(await start_demo_backend(host, port, backend.name))
                 except OSError as e:
                     raise StartupError(
-                        f"demo backend {name}: cannot listen on {host}:{port}: {e.strerror}"
+                        f"demo backend {backend.name}: cannot listen on "
+                        f"{format_address(backend.address)}: {e.strerror or e}"
                     ) from e
         self._announce()
         # Packet modes (nat/dsr services, transparent routing): programmed now, removed below.
@@ -110,12 +117,12 @@ class Supervisor:
                 self._send({"endpoints": self.discovery.current()})
             self._send({"health": self._down()})
             await stop.wait()
-            self.printer("bascule: stopping (draining in-flight requests)")
+            events.info("drain", "stopping: draining in-flight requests")
             await worker.drain()
         else:
             tasks = [asyncio.create_task(self._keep_worker(i)) for i in range(count)]
             await stop.wait()
-            self.printer("bascule: stopping (draining in-flight requests)")
+            events.info("drain", "stopping: draining in-flight requests")
             for proc in list(self.children.values()):
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGTERM)
@@ -127,6 +134,7 @@ class Supervisor:
         self._stop_control()
         if packet is not None:
             await packet.stop()
+        events.info("drain", "stopped")
         return 0
 
     async def _keep_worker(self, index: int) -> None:
@@ -134,12 +142,21 @@ class Supervisor:
         while not self.stop.is_set():
             proc = await self._spawn(index)
             self.children[index] = proc
+            events.info(
+                "worker", f"worker {index} started (pid {proc.pid})", worker=index, pid=proc.pid
+            )
             if self.stop.is_set():  # asked to stop while this one was starting
                 proc.send_signal(signal.SIGTERM)
             code = await proc.wait()
             if self.stop.is_set():
                 return
-            self.printer(f"bascule: worker {index} (pid {proc.pid}) exited with {code}; restarting")
+            events.warning(
+                "worker",
+                f"worker {index} (pid {proc.pid}) exited with {code}; restarting",
+                worker=index,
+                pid=proc.pid,
+                code=code,
+            )
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
 
@@ -212,10 +229,21 @@ class Supervisor:
 
     def _health_changed(self, key: str, healthy: bool) -> None:
         word = "up" if healthy else "down"
-        self.printer(f"bascule: endpoint {key} is {word} (active health check)")
+        message = f"endpoint {key} is {word} (active health check)"
+        events.emit(
+            "info" if healthy else "warning", "health", message, endpoint=key, healthy=healthy
+        )
         self._send({"health": {key: healthy}})
 
     def _endpoints_changed(self, cluster: str, endpoints: list[dict[str, Any]]) -> None:
+        addresses = ", ".join(str(e.get("address")) for e in endpoints) or "none"
+        events.info(
+            "discovery",
+            f"cluster {cluster}: {len(endpoints)} endpoint{'' if len(endpoints) == 1 else 's'}"
+            f" after discovery: {addresses}",
+            cluster=cluster,
+            endpoints=len(endpoints),
+        )
         self._send({"endpoints": {cluster: endpoints}})
         if self.checker is not None and self.discovery is not None:
             known = {
@@ -267,12 +295,19 @@ class Supervisor:
         say = self.printer
         count = self.config.worker_count
         say(f"bascule {_version()}: {count} worker{'s' if count != 1 else ''}, pid {os.getpid()}")
-        for host, port, name in self.demo_backends:
-            say(f"  demo backend {name:<10} http://{host}:{port}/")
+        for backend in self.config.demo_backends:
+            say(f"  demo backend {backend.name:<10} http://{format_address(backend.address)}/")
         for spec in self.config.listeners:
-            host, port = spec.address
-            shown = f"[{host}]" if ":" in host else host
-            say(f"  listener {spec.name:<14} {spec.protocol}://{shown}:{port}/")
+            say(f"  listener {spec.name:<14} {spec.protocol}://{format_address(spec.address)}/")
+        if self.config.admin is not None:
+            say(f"  {'admin API':<23} http://{format_address(self.config.admin.address)}/clusters")
+        access = self.config.access_log
+        where = {None: "off", "-": "standard output"}.get(access.path, access.path)
+        say(f"  {'access log':<23} {where}" + (f" ({access.format})" if access.path else ""))
+        log = self.config.log
+        streams = {"stderr": "standard error", "stdout": "standard output"}
+        shown_log = streams.get(log.path, log.path)
+        say(f"  {'event log':<23} {shown_log} ({log.format}, {log.level} and above)")
         if self.config.listeners:
             host, port = self.config.listeners[0].address
             shown = f"[{host}]" if ":" in host else host
@@ -286,15 +321,22 @@ def _version() -> str:
     return __version__
 
 
-def run(config: Config, demo_backends: list[tuple[str, int, str]] | None = None) -> int:
+def run(config: Config) -> int:
     import uvloop
 
     def printer(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    supervisor = Supervisor(config, demo_backends=demo_backends, printer=printer)
+    try:
+        events.configure(config.log)
+    except OSError as e:
+        printer(f"bascule: log.path: cannot open {config.log.path}: {e.strerror or e}")
+        return 1
+    supervisor = Supervisor(config, printer=printer)
     try:
         return uvloop.run(supervisor.run())
     except StartupError as e:
         printer(f"bascule: {e}")
         return 1
+    finally:
+        events.configure(LogConfig())  # closes the file, if the log was one

@@ -2,7 +2,8 @@
 
 Rules of this module:
 - The worker never binds: it serves sockets it was given (inherited fds or, with `workers: 1`,
-  the supervisor's own objects), so every worker shares the same listening sockets.
+  the supervisor's own objects), so every worker shares the same listening sockets. Each
+  becomes a Listener (listen/), which accepts, counts and limits its sessions.
 - SIGTERM/SIGINT: stop accepting, let in-flight exchanges finish (their responses say
   `Connection: close`), close idle keep-alive connections at once, and after the drain timeout
   cut what is left. Then exit 0.
@@ -23,9 +24,9 @@ import socket
 import sys
 
 from bascule.config.schema import Config
-from bascule.control.access_log import AccessLog
 from bascule.l7.context import ListenerContext
-from bascule.l7.session import HttpSession
+from bascule.listen.listener import Listener
+from bascule.observe.access_log import AccessLog
 from bascule.runtime import channel
 from bascule.upstream.cluster import Cluster
 
@@ -36,8 +37,7 @@ class Worker:
     def __init__(self, config: Config, sockets: dict[str, socket.socket]) -> None:
         self.config = config
         self.sockets = sockets
-        self.servers: list[asyncio.AbstractServer] = []
-        self.contexts: list[ListenerContext] = []
+        self.listeners: list[Listener] = []
         self.clusters: dict[str, Cluster] = {}
         self.access_log = AccessLog(config.access_log.path, config.access_log.format)
         self.stopping: asyncio.Event | None = None
@@ -48,13 +48,9 @@ class Worker:
         self.clusters = {spec.name: Cluster(spec) for spec in self.config.clusters}
         for spec in self.config.listeners:
             ctx = ListenerContext(spec, self.clusters, self.access_log, loop)
-            self.contexts.append(ctx)
-            server = await loop.create_server(
-                lambda ctx=ctx: HttpSession(ctx),  # type: ignore[misc]
-                sock=self.sockets[spec.name],
-                backlog=1024,
-            )
-            self.servers.append(server)
+            listener = Listener(spec, self.sockets[spec.name], ctx)
+            self.listeners.append(listener)
+            listener.start()
 
     def request_stop(self) -> None:
         if self.stopping is not None:
@@ -66,22 +62,21 @@ class Worker:
 
     async def drain(self) -> None:
         """Stop accepting, finish in-flight exchanges up to the drain timeout, close the rest."""
-        for server in self.servers:
-            server.close()
         timeout = 0.0
-        for ctx in self.contexts:
-            ctx.draining = True
-            timeout = max(timeout, ctx.timeouts.drain)
-            for session in list(ctx.sessions):
+        for listener in self.listeners:
+            listener.stop()
+            listener.ctx.draining = True
+            timeout = max(timeout, listener.ctx.timeouts.drain)
+            for session in listener.sessions():
                 if session.exchange is None and not session.pending:
                     session.close_gracefully()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         # Sessions end in many places; a 20 Hz poll bounded by the drain timeout is simplest.
-        while any(ctx.sessions for ctx in self.contexts) and loop.time() < deadline:  # noqa: ASYNC110
+        while any(listener.table for listener in self.listeners) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        for ctx in self.contexts:
-            for session in list(ctx.sessions):
+        for listener in self.listeners:
+            for session in listener.sessions():
                 session.abort()
         for cluster in self.clusters.values():
             cluster.close()

@@ -12,6 +12,11 @@ Rules of this module:
 - Endpoint set changes (discovery) keep the Endpoint objects of addresses that stay, with their
   state, counters and pools; a removed endpoint's pool stops keeping idle connections, and its
   exchanges in flight finish normally. The balancer is rebuilt and swapped in one assignment.
+- A sticky cookie is opaque: a truncated HMAC of the cluster's name and the endpoint's address
+  under `sticky.secret`, mapped back by a dict. It tells the client nothing about the
+  topology, and without the secret it cannot be made for another endpoint. The supervisor
+  gives every sticky cluster a secret (runtime/sticky.py); a Cluster built without one uses a
+  random key of its own rather than anything guessable.
 """
 
 from __future__ import annotations
@@ -19,16 +24,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import secrets
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from bascule.balance import KEYED, Balancer, make_balancer
+from bascule.balance.base import Accept
+from bascule.balance.endpoint import Endpoint
 from bascule.config.schema import ClusterConfig, EndpointConfig
-from bascule.upstream.balancers import KEYED, Balancer, make_balancer
-from bascule.upstream.balancers.base import Accept
-from bascule.upstream.endpoint import Endpoint
 from bascule.upstream.outlier import OutlierDetector
-from bascule.upstream.pool import Pool
+from bascule.upstream.pool import CLIENT, Pool, PoolKey
 
 # What a keyed balancer hashes (`hash_kind`).
 SOURCE_IP = 1
@@ -56,6 +62,7 @@ class Cluster:
         "hash_kind",
         "hash_name",
         "keyed",
+        "loop",
         "max_connections",
         "max_pending",
         "max_requests",
@@ -74,12 +81,13 @@ class Cluster:
     def __init__(self, spec: ClusterConfig) -> None:
         self.spec = spec
         self.name = spec.name
+        self.loop: asyncio.AbstractEventLoop | None = None  # the running one unless set
         self.endpoints: tuple[Endpoint, ...] = tuple(make_endpoint(e) for e in spec.endpoints)
         self.by_address = {e.address: e for e in self.endpoints}
         self.balancer: Balancer = make_balancer(
             spec.balancer, self.endpoints, **spec.balancer_options
         )
-        self.pools: dict[Endpoint, Pool] = {e: self._new_pool() for e in self.endpoints}
+        self.pools: dict[Endpoint, Pool] = {e: self._new_pool(e) for e in self.endpoints}
         self.keyed = spec.balancer in KEYED
         self.hash_kind = 0
         self.hash_name = b""
@@ -96,10 +104,8 @@ class Cluster:
             elif key.query is not None:
                 self.hash_kind, self.hash_name = QUERY, key.query.encode("latin-1")
         self.sticky = spec.sticky
-        secret = (
-            spec.sticky.secret if spec.sticky and spec.sticky.secret else "bascule:" + spec.name
-        )
-        self.sticky_key = secret.encode()
+        secret = spec.sticky.secret if spec.sticky is not None else None
+        self.sticky_key = secret.encode() if secret else secrets.token_bytes(32)
         self._sign_endpoints()
         limits = spec.limits
         self.max_requests = limits.max_requests
@@ -122,11 +128,12 @@ class Cluster:
             or self.outlier is not None
         )
 
-    def _new_pool(self) -> Pool:
+    def _new_pool(self, endpoint: Endpoint) -> Pool:
         # A transparent connection leaves from one client's address: it must never carry
-        # another client's request, so such clusters keep no idle connections.
-        transparent = self.spec.source_address == "client"
-        return Pool(0 if transparent else self.spec.pool.max_idle, self.spec.pool.idle_timeout)
+        # another client's request (the key's source says so, and such pools keep nothing).
+        source = CLIENT if self.spec.source_address == "client" else ""
+        key = PoolKey(endpoint.host, endpoint.port, source)
+        return Pool(key, self.spec.pool.max_idle, self.spec.pool.idle_timeout)
 
     def pick(self, key: bytes | None = None, accept: Accept | None = None) -> Endpoint | None:
         return self.balancer.pick(key, accept)
@@ -142,7 +149,7 @@ class Cluster:
         if self.waiting:
             # Soon, not now: the releasing exchange has yet to return its connection to the
             # pool, and the waiter should reuse it rather than open another.
-            asyncio.get_running_loop().call_soon(self.wake_one)
+            (self.loop or asyncio.get_running_loop()).call_soon(self.wake_one)
 
     def wake_one(self) -> None:
         """Give a freed slot to the oldest waiter still there."""
@@ -179,18 +186,17 @@ class Cluster:
     # ------------------------------------------------------------ sticky cookie
 
     def sticky_value(self, endpoint: Endpoint) -> bytes:
-        """The cookie value naming `endpoint`: its address and an HMAC of it."""
+        """The cookie value naming `endpoint`: an HMAC of the cluster and its address, no more."""
         value = self._sticky_values.get(endpoint)
         if value is None:
-            address = endpoint.address.encode()
-            mac = hmac.new(self.sticky_key, address, hashlib.sha256).hexdigest()[:20].encode()
-            value = address + b"~" + mac
+            message = b"%s\n%s" % (self.name.encode(), endpoint.address.encode())
+            value = hmac.new(self.sticky_key, message, hashlib.sha256).hexdigest()[:24].encode()
             self._sticky_values[endpoint] = value
             self._sticky_endpoints[value] = endpoint
         return value
 
     def sticky_endpoint(self, value: bytes) -> Endpoint | None:
-        """The endpoint a cookie value names, if the signature holds and it is still here.
+        """The endpoint a cookie value names, if it is one we made and the endpoint is here.
 
         Every valid value is one of the few `sticky_value` made, so it is a dict lookup; a
         value that is not there (forged, or for an endpoint that left) names nothing.
@@ -242,7 +248,7 @@ class Cluster:
                     self.outlier.forget(old)
         for endpoint in endpoints:
             if endpoint not in self.pools:
-                self.pools[endpoint] = self._new_pool()
+                self.pools[endpoint] = self._new_pool(endpoint)
         # Pools of retired endpoints stay until their exchanges are done, then go.
         for old in [e for e in self.pools if e not in kept and e.active == 0]:
             del self.pools[old]

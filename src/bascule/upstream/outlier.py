@@ -23,8 +23,8 @@ import asyncio
 from collections.abc import Sequence
 from time import monotonic
 
+from bascule.balance.endpoint import Endpoint
 from bascule.config.schema import OutlierConfig
-from bascule.upstream.endpoint import Endpoint
 
 
 class OutlierDetector:

@@ -7,13 +7,30 @@ Rules of this module (aiohttp's connector and httpcore's pool, seed 003 §5):
   been closed by the backend's own idle timeout. The oldest are closed past `idle_timeout`.
 - A connection that the backend closed, or that saw anything unexpected, is never returned:
   its owner calls `discard`, and `acquire` skips any that are no longer usable.
+- A pool holds connections of one `PoolKey`: everything that makes two connections
+  interchangeable (httpcore/aiohttp: "to prevent reusing wrong connections"). A connection
+  from a client's own address (`source=CLIENT`, transparent proxying) is never interchangeable
+  with another client's: such pools keep nothing idle.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+CLIENT: Final = "client"  # PoolKey.source: connect from the client's own address
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    host: str
+    port: int
+    source: str = ""  # "" = bascule's own address, CLIENT = the client's (transparent)
+    tls: bool = False
+    sni: str = ""
+    alpn: tuple[str, ...] = ()
 
 
 class Pooled(Protocol):
@@ -26,21 +43,23 @@ class Pooled(Protocol):
 
 class Pool:
     __slots__ = (
-        "_loop",
         "_timer",
         "created",
         "idle",
         "idle_timeout",
+        "key",
+        "loop",
         "max_idle",
         "open",
         "reused",
     )
 
-    def __init__(self, max_idle: int, idle_timeout: float) -> None:
+    def __init__(self, key: PoolKey, max_idle: int, idle_timeout: float) -> None:
+        self.key = key
         self.idle: deque[Pooled] = deque()
-        self.max_idle = max_idle
+        self.max_idle = 0 if key.source == CLIENT else max_idle
         self.idle_timeout = idle_timeout
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the running one unless set
         self._timer: asyncio.TimerHandle | None = None
         self.created = 0  # connections opened to this endpoint (for stats and tests)
         self.open = 0  # connections open or opening now, idle or lent (cluster max_connections)
@@ -62,8 +81,8 @@ class Pool:
         conn.idle_since = now
         self.idle.append(conn)
         if self._timer is None and self.idle_timeout > 0:
-            self._loop = self._loop or asyncio.get_running_loop()
-            self._timer = self._loop.call_later(self.idle_timeout, self._sweep)
+            self.loop = self.loop or asyncio.get_running_loop()
+            self._timer = self.loop.call_later(self.idle_timeout, self._sweep)
 
     def discard(self, conn: Pooled) -> None:
         try:
@@ -73,14 +92,14 @@ class Pool:
 
     def _sweep(self) -> None:
         self._timer = None
-        assert self._loop is not None
-        cutoff = self._loop.time() - self.idle_timeout
+        assert self.loop is not None
+        cutoff = self.loop.time() - self.idle_timeout
         idle = self.idle
         while idle and idle[0].idle_since <= cutoff:
             idle.popleft().close()
         if idle:
             wait = idle[0].idle_since - cutoff
-            self._timer = self._loop.call_later(max(wait, 0.05), self._sweep)
+            self._timer = self.loop.call_later(max(wait, 0.05), self._sweep)
 
     def close_oldest_idle(self) -> bool:
         """Close one idle connection to make room for another elsewhere; False if none."""

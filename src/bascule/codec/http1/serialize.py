@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Final
 
-from bascule.codec.headers import HOP_BY_HOP
 from bascule.codec.http1.rules import CHUNKED, LENGTH, NO_BODY
 
 Field = tuple[bytes, bytes, bytes]
@@ -22,9 +21,8 @@ Field = tuple[bytes, bytes, bytes]
 LAST_CHUNK: Final = b"0\r\n\r\n"
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CRLF: Final = b"\r\n"
+# bascule re-frames every body it relays: the fields' own framing never passes.
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
-# A relayed response is re-framed by bascule: hop-by-hop fields and its length go.
-RESPONSE_DROP: Final = HOP_BY_HOP | _FRAMING
 
 
 def framing_field(framing: int, content_length: int) -> bytes:
@@ -81,15 +79,16 @@ def response_head(
     connection: bytes = b"",
     extra: bytes = b"",
 ) -> bytes:
-    """A relayed response head: the endpoint's fields less hop-by-hop ones and its framing,
-    then bascule's framing line, `Connection: <connection>` if given, and `extra` (Via, header
-    edits, cookies) as pre-built lines. `drop` adds names (what Connection named, removals).
+    """A relayed response head: the endpoint's fields less `drop` (codec.headers.HOP_BY_HOP,
+    what Connection named, removals) and less its framing, then bascule's framing line,
+    `Connection: <connection>` if given, and `extra` (Via, header edits, cookies) as pre-built
+    lines. (codec.headers imports this package: the caller brings HOP_BY_HOP.)
 
     NO_BODY keeps a `content_length` of 0 or more (a HEAD response says what GET would send);
     UNTIL_CLOSE writes no framing line.
     """
     lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    drop = RESPONSE_DROP | drop if drop else RESPONSE_DROP
+    drop = drop | _FRAMING
     lines += [b"%s: %s\r\n" % (name, value) for lname, name, value in fields if lname not in drop]
     lines.append(framing_field(framing, content_length))
     if connection:
@@ -115,9 +114,16 @@ def simple_response(
     extra: list[tuple[bytes, bytes]] | None = None,
     head_only: bool = False,
     version: bytes = b"HTTP/1.1",
+    date: bytes = b"",
 ) -> bytes:
-    """A whole response bascule writes itself: errors, redirects, direct responses."""
+    """A whole response bascule writes itself: errors, redirects, direct responses.
+
+    `date` is the IMF-fixdate for the `Date` field (RFC 9110 §6.6.1), given by the caller:
+    reading a clock is not this module's job.
+    """
     lines = [b"%s %d %s\r\n" % (version, status, reason_phrase(status))]
+    if date:
+        lines.append(b"Date: %s\r\n" % date)
     lines.append(b"Server: bascule\r\n")
     if body or status not in (204, 304):
         lines.append(b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type, len(body)))

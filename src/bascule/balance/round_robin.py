@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from math import gcd
 
-from bascule.upstream.balancers.base import Accept, tiers
-from bascule.upstream.endpoint import Endpoint
+from bascule.balance.base import Accept, tiers
+from bascule.balance.endpoint import Endpoint
 
 # Work (endpoints * period length) allowed to precompute one tier's period at build time:
 # about 50 ms of CPython. 100 endpoints with weights up to ~50 fit.

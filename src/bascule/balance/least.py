@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from math import exp
 from time import monotonic
 
-from bascule.upstream.balancers.base import (
+from bascule.balance.base import (
     Accept,
     WeightedSampler,
     check_int,
@@ -29,7 +29,7 @@ from bascule.upstream.balancers.base import (
     make_rng,
     tiers,
 )
-from bascule.upstream.endpoint import DEFAULT_EWMA_DECAY_S, Endpoint
+from bascule.balance.endpoint import DEFAULT_EWMA_DECAY_S, Endpoint
 
 # Finagle's trick for endpoints with no latency sample yet: cost 0 while idle, so a new endpoint
 # is tried at once, and a huge cost while it has a request in flight, so it gets one probe at a

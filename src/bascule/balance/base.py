@@ -27,7 +27,7 @@ from itertools import accumulate
 from typing import Protocol
 from zlib import crc32
 
-from bascule.upstream.endpoint import Endpoint
+from bascule.balance.endpoint import Endpoint
 
 Accept = Callable[[Endpoint], bool]
 

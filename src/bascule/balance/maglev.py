@@ -25,15 +25,15 @@ import heapq
 from collections.abc import Sequence
 from hashlib import blake2b
 
-from bascule.upstream.balancers.base import (
+from bascule.balance.base import (
     Accept,
     check_int,
     key_hash,
     tiers,
     walk,
 )
-from bascule.upstream.balancers.weighted_random import WeightedRandom
-from bascule.upstream.endpoint import Endpoint
+from bascule.balance.endpoint import Endpoint
+from bascule.balance.weighted_random import WeightedRandom
 
 DEFAULT_TABLE_SIZE = 65537
 # Slots probed after an ineligible one before the ordered walk takes over.

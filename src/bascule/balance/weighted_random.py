@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bascule.upstream.balancers.base import (
+from bascule.balance.base import (
     Accept,
     WeightedSampler,
     check_seed,
     make_rng,
     tiers,
 )
-from bascule.upstream.endpoint import Endpoint
+from bascule.balance.endpoint import Endpoint
 
 
 class WeightedRandom:

@@ -32,7 +32,7 @@ from hashlib import blake2b
 from itertools import accumulate
 from struct import unpack
 
-from bascule.upstream.balancers.base import (
+from bascule.balance.base import (
     Accept,
     check_int,
     key_hash,
@@ -40,8 +40,8 @@ from bascule.upstream.balancers.base import (
     tiers,
     walk,
 )
-from bascule.upstream.balancers.weighted_random import WeightedRandom
-from bascule.upstream.endpoint import Endpoint
+from bascule.balance.endpoint import Endpoint
+from bascule.balance.weighted_random import WeightedRandom
 
 # How many alternative hashes a key tries before the ordered walk; each is a fresh, weighted
 # draw, so the keys of an ineligible endpoint spread over the others in proportion to weight.

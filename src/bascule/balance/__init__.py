@@ -19,13 +19,13 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bascule.upstream.balancers.base import Accept, Balancer, eligible
-from bascule.upstream.balancers.hashing import Hash, RingHash
-from bascule.upstream.balancers.least import LeastConnections, LeastRequest, PeakEwma
-from bascule.upstream.balancers.maglev import Maglev, is_prime, maglev_table
-from bascule.upstream.balancers.round_robin import RoundRobin, SmoothWeighted
-from bascule.upstream.balancers.weighted_random import WeightedRandom
-from bascule.upstream.endpoint import Endpoint
+from bascule.balance.base import Accept, Balancer, eligible
+from bascule.balance.endpoint import Endpoint
+from bascule.balance.hashing import Hash, RingHash
+from bascule.balance.least import LeastConnections, LeastRequest, PeakEwma
+from bascule.balance.maglev import Maglev, is_prime, maglev_table
+from bascule.balance.round_robin import RoundRobin, SmoothWeighted
+from bascule.balance.weighted_random import WeightedRandom
 
 BalancerFactory = Callable[..., Balancer]
 
