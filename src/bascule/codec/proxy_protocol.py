@@ -226,8 +226,7 @@ class ProxyHeader:
 
     @property
     def authority(self) -> str | None:
-        value = self.tlv(TlvType.AUTHORITY)
-        return None if value is None else value.decode()
+        return self._text(TlvType.AUTHORITY, "utf-8")
 
     @property
     def unique_id(self) -> bytes | None:
@@ -235,8 +234,12 @@ class ProxyHeader:
 
     @property
     def netns(self) -> str | None:
-        value = self.tlv(TlvType.NETNS)
-        return None if value is None else value.decode("ascii")
+        return self._text(TlvType.NETNS, "ascii")
+
+    def _text(self, kind: int, encoding: str) -> str | None:
+        value = self.tlv(kind)
+        # Values were checked on the way in (parse or construction): decoding cannot fail.
+        return None if value is None else value.decode(encoding)
 
     @property
     def ssl(self) -> SslInfo | None:

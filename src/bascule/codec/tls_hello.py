@@ -285,16 +285,24 @@ class ClientHelloReader:
             raise TlsHelloError(f"record type 0x{head[0]:02x} is not a TLS handshake")
         if len(head) > 1 and head[1] != 3:
             raise TlsHelloError(f"record version 0x{head[1]:02x}.. is not TLS")
+        if len(head) > RECORD_HEADER:
+            # A record still arriving may already show a wrong message type or length.
+            self._check_message_head(self._message + head[RECORD_HEADER : RECORD_HEADER + 4])
+
+    def _check_message_head(self, msg: bytes) -> None:
+        if msg[0] != HANDSHAKE_CLIENT_HELLO:
+            raise TlsHelloError(f"first handshake message is type {msg[0]}, not ClientHello")
+        if len(msg) >= 4:
+            length = int.from_bytes(msg[1:4], "big")
+            if length > self._max:
+                raise TlsHelloError(f"ClientHello of {length} bytes is over {self._max}")
 
     def _try_message(self) -> ClientHello | None:
         msg = self._message
-        if msg[0] != HANDSHAKE_CLIENT_HELLO:
-            raise TlsHelloError(f"first handshake message is type {msg[0]}, not ClientHello")
+        self._check_message_head(msg)
         if len(msg) < 4:
             return None
         length = int.from_bytes(msg[1:4], "big")
-        if length > self._max:
-            raise TlsHelloError(f"ClientHello of {length} bytes is over {self._max}")
         if len(msg) < 4 + length:
             return None
         return parse_client_hello(msg[4 : 4 + length], self._pos)
