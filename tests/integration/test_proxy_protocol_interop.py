@@ -17,10 +17,8 @@ import asyncio
 import ipaddress
 import json
 import shutil
-import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +37,7 @@ from bascule.codec.proxy_protocol import (
     local,
     proxied,
 )
-from helpers import Backend, env_flag, free_port, wait_port
+from helpers import Backend, env_flag, free_port, raw, wait_port
 
 SPOOFED = ("198.18.0.7", 4242)
 
@@ -295,19 +293,7 @@ backend be
 
 def _send(fe: int, preamble: bytes) -> bytes:
     request = b"GET /seen HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", fe), timeout=10) as s:
-        s.sendall(preamble + request)
-        chunks: list[bytes] = []
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+    return raw(fe, preamble + request, timeout=10)
 
 
 def _forwarded_for(response: bytes) -> list[str]:
@@ -363,5 +349,9 @@ def test_builder_local_and_a_bad_checksum_to_haproxy(
         good = build_v2(proxied(("198.18.0.13", 1), ("127.0.0.1", fe)), crc32c=True)
         assert _forwarded_for(_send(fe, good)) == ["198.18.0.13"]
         bad = good[:-1] + bytes([good[-1] ^ 0x55])
-        assert _send(fe, bad) == b""
+        try:
+            answer = _send(fe, bad)
+        except ConnectionResetError:
+            answer = b""  # haproxy drops such a connection with a reset
+        assert answer == b""
         assert len(echo_backend.requests) == served + 1
