@@ -237,9 +237,10 @@ class ClientHelloReader:
     __slots__ = ("_buf", "_hello", "_max", "_message", "_pos")
 
     def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
-        self._buf = b""  # bytes seen and not yet taken apart into records
+        # Both grow in place: a client sending one byte per segment costs linear time.
+        self._buf = bytearray()  # bytes seen and not yet taken apart into records
+        self._message = bytearray()  # handshake bytes gathered from whole records
         self._pos = 0  # bytes of whole records already taken apart
-        self._message = b""  # handshake bytes gathered from those records
         self._max = max_size
         self._hello: ClientHello | None = None
 
@@ -247,11 +248,12 @@ class ClientHelloReader:
         """None while the ClientHello is incomplete; the ClientHello once it is."""
         if self._hello is not None:
             return self._hello
-        buf = self._buf + data
+        buf = self._buf
+        buf += data
         start = 0
         while True:
             if len(buf) - start < RECORD_HEADER:
-                self._check_partial(buf[start:])
+                self._check_partial(buf, start)
                 break
             kind, major = buf[start], buf[start + 1]
             if kind != RECORD_HANDSHAKE:
@@ -262,7 +264,7 @@ class ClientHelloReader:
             if n == 0 or n > RECORD_MAX:
                 raise TlsHelloError(f"handshake record of {n} bytes")
             if len(buf) - start - RECORD_HEADER < n:
-                self._check_partial(buf[start:])
+                self._check_partial(buf, start)
                 break
             self._message += buf[start + RECORD_HEADER : start + RECORD_HEADER + n]
             start += RECORD_HEADER + n
@@ -270,26 +272,29 @@ class ClientHelloReader:
             hello = self._try_message()
             if hello is not None:
                 self._hello = hello
-                self._buf = b""
+                self._buf = bytearray()
+                self._message = bytearray()
                 return hello
-        self._buf = buf[start:]
+        del buf[:start]
         return None
 
-    def _check_partial(self, head: bytes) -> None:
-        """Refuse a partial record as soon as its known bytes are wrong.
+    def _check_partial(self, buf: bytearray, start: int) -> None:
+        """Refuse the partial record at buf[start:] as soon as its known bytes are wrong.
 
         What is held stays bounded without more: the message is capped by `_try_message`
         and at most one partial record (2^14 bytes) waits beside it.
         """
-        if head and head[0] != RECORD_HANDSHAKE:
-            raise TlsHelloError(f"record type 0x{head[0]:02x} is not a TLS handshake")
-        if len(head) > 1 and head[1] != 3:
-            raise TlsHelloError(f"record version 0x{head[1]:02x}.. is not TLS")
-        if len(head) > RECORD_HEADER:
+        left = len(buf) - start
+        if left and buf[start] != RECORD_HANDSHAKE:
+            raise TlsHelloError(f"record type 0x{buf[start]:02x} is not a TLS handshake")
+        if left > 1 and buf[start + 1] != 3:
+            raise TlsHelloError(f"record version 0x{buf[start + 1]:02x}.. is not TLS")
+        if left > RECORD_HEADER:
             # A record still arriving may already show a wrong message type or length.
-            self._check_message_head(self._message + head[RECORD_HEADER : RECORD_HEADER + 4])
+            body = start + RECORD_HEADER
+            self._check_message_head(bytes(self._message[:4]) + bytes(buf[body : body + 4]))
 
-    def _check_message_head(self, msg: bytes) -> None:
+    def _check_message_head(self, msg: bytes | bytearray) -> None:
         if msg[0] != HANDSHAKE_CLIENT_HELLO:
             raise TlsHelloError(f"first handshake message is type {msg[0]}, not ClientHello")
         if len(msg) >= 4:
@@ -305,4 +310,4 @@ class ClientHelloReader:
         length = int.from_bytes(msg[1:4], "big")
         if len(msg) < 4 + length:
             return None
-        return parse_client_hello(msg[4 : 4 + length], self._pos)
+        return parse_client_hello(bytes(msg[4 : 4 + length]), self._pos)
