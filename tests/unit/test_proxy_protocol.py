@@ -393,6 +393,7 @@ def test_reader_is_single_use() -> None:
         lambda: ProxyHeader(version=1, family=Family.UNIX, source=("/a", 0), destination=("/b", 0)),
         lambda: ProxyHeader(family=Family.UNIX, source=("/a", 1), destination=("/b", 0)),
         lambda: ProxyHeader(family=Family.UNIX, source=("/" * 109, 0), destination=("/b", 0)),
+        lambda: proxied(*INET, tlvs=(Tlv(TlvType.CRC32C, bytes(4)), Tlv(TlvType.CRC32C, bytes(4)))),
         lambda: Tlv(256, b""),
         lambda: Tlv(1, bytes(65536)),
         lambda: proxied(*INET, tlvs=(Tlv(TlvType.UNIQUE_ID, bytes(129)),)),

@@ -22,7 +22,7 @@ Rules of this module:
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, NamedTuple
 
@@ -208,7 +208,7 @@ class ProxyHeader:
     transport: Transport = Transport.UNSPEC
     source: Address | None = None
     destination: Address | None = None
-    tlvs: tuple[Tlv, ...] = field(default=())
+    tlvs: tuple[Tlv, ...] = ()
 
     def __post_init__(self) -> None:
         _check_header(self)
@@ -335,6 +335,8 @@ def _check_header(h: ProxyHeader) -> None:
             raise ProxyProtocolError("v1 carries TCP (STREAM) only")
     for t in h.tlvs:
         _check_tlv(t)
+    if sum(1 for t in h.tlvs if t.type == TlvType.CRC32C) > 1:
+        raise ProxyProtocolError("more than one CRC32C TLV")
 
 
 def _text(t: Tlv, encoding: str) -> str:
@@ -437,12 +439,12 @@ def build_v2(header: ProxyHeader, crc32c: bool = False) -> bytes:
     )
     if not (crc32c or has_crc):
         return out
-    # Every CRC32C TLV is zero here; the checksum covers the whole header so computed.
-    checksum = crc32c_value(out)
-    return _fill_crc(out, checksum)
+    # The spec's checksum is over the whole header with the CRC32C value zeroed: `out` now.
+    return _fill_crc(out, crc32c_value(out))
 
 
 def crc32c_value(data: bytes) -> bytes:
+    """The CRC32C of `data` as the TLV carries it: 4 bytes, network order."""
     return crc32c(data).to_bytes(4, "big")
 
 
