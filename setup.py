@@ -31,6 +31,7 @@ MYPYC_PACKAGES = (
     "bascule/upstream",
     "bascule/balance",
     "bascule/observe",
+    "bascule/listen",
 )
 
 
