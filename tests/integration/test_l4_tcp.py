@@ -337,6 +337,41 @@ def test_connect_attempts_are_bounded(mode: Mode) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_connect_timeout_tries_the_next_endpoint(mode: Mode) -> None:
+    """An endpoint whose accept queue is full drops SYNs: its connect times out, and the next
+    endpoint serves the client."""
+
+    async def main() -> None:
+        stuck = socket.socket()
+        stuck.bind(("127.0.0.1", 0))
+        stuck.listen(0)
+        fillers = []
+        for _ in range(3):  # never accepted: the queue is full after these
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(stuck.getsockname())
+            fillers.append(filler)
+        server, port = await backend(named(b"good"))
+        try:
+            async with Proxy([stuck.getsockname()[1], port], mode, connect_timeout=0.3) as p:
+                loop = asyncio.get_running_loop()
+                start = loop.time()
+                reader, writer = await p.connect()
+                assert await asyncio.wait_for(reader.readline(), 5) == b"good\n"
+                assert 0.25 < loop.time() - start < 3
+                writer.close()
+                await p.settled()
+                assert p.proxy.counts["connect_failures"] == 1
+                assert p.cluster.endpoints[0].failures == 1
+        finally:
+            for sock in [*fillers, stuck]:
+                sock.close()
+        server.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_idle_timeout_closes_a_quiet_session_only(mode: Mode) -> None:
     async def main() -> None:
         server, port = await backend(echo)
