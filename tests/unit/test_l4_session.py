@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bascule.config.schema import ClusterConfig
 from bascule.l4.tcp import DONE, IDLE, REFUSED, RESET, TcpProxy
+from bascule.testing import fakes
 from bascule.testing.fakes import FakeLoop, FakeTransport, ScriptedConnector
 from bascule.upstream.cluster import Cluster
 
@@ -49,14 +52,15 @@ class Bench:
 
     def accept(self) -> tuple[Any, Transport]:
         """The oldest connect succeeds: the upstream protocol and its transport."""
-        c = self.connector.waiting.pop(0)
-        conn = c.factory()
-        transport = Transport((c.endpoint.host, c.endpoint.port))
-        conn.connection_made(transport)
-        c.pool.created += 1
-        conn.counted = True
-        c.done(conn, 0, "")
+        conn, transport = self.connector.accept()
+        assert isinstance(transport, Transport)
         return conn, transport
+
+
+@pytest.fixture(autouse=True)
+def _buffer_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The scripted Connector's transports must take the relay's write-buffer limits too.
+    monkeypatch.setattr(fakes, "FakeTransport", Transport)
 
 
 def test_client_waits_unread_until_connected_and_early_bytes_are_kept() -> None:
