@@ -168,3 +168,18 @@ def test_no_healthy_endpoint_closes_the_client() -> None:
     transport = Transport()
     client.connection_made(transport)  # type: ignore[arg-type]
     assert transport.closed and proxy.counts[REFUSED] == 1 and not proxy.sessions
+
+
+def test_a_draining_buffer_is_progress_not_idle() -> None:
+    """A slow client drains what was buffered for it without the endpoint sending more: that
+    is progress, and the idle deadline counts from it."""
+    b = Bench()
+    b.accept()
+    b.loop.advance(40)
+    b.client.pause_writing()  # the client's buffer is full
+    b.loop.advance(15)
+    b.client.resume_writing()  # ...and drained at 55 s: the deadline moves to 115 s
+    b.loop.advance(55)
+    assert not b.session.ended
+    b.loop.advance(10)
+    assert b.session.ended == IDLE

@@ -19,7 +19,8 @@ Rules of this module:
   called once per endpoint tried (the connect's latency, and whether it failed); the pool's
   `open` slot (cluster max_connections) is held by the upstream connection (Connector rules).
 - Idle: one timer per session, set at the last activity + `idle_timeout`, re-armed when it
-  fires early; activity is one clock read per read, not a timer operation.
+  fires early; activity (a read, or a full buffer or pipe drained) is one clock read, not a
+  timer operation. A peer that stops reading altogether is idle.
 """
 
 from __future__ import annotations
@@ -519,6 +520,8 @@ class _Side(Connection):
             peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        # Its buffer drained below the low-water mark: progress, though nothing was read.
+        self.session.last = self.session.proxy.loop.time()
         peer = self.peer
         if peer is not None and not peer.eof:
             peer.resume()
@@ -644,6 +647,8 @@ class SpliceRelay:
                 return
             d.pending -= n
         if d.writing:
+            # The destination took the rest: progress, though src was not read meanwhile.
+            self.session.last = self.loop.time()
             d.writing = False
             self.loop.remove_writer(d.dst_fd)
             self.loop.add_reader(d.src_fd, self._readable, d)
