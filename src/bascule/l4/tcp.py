@@ -143,6 +143,12 @@ class TcpProxy:
             peer = ""
         session = TcpSession(self, peer)
         if self.mode == "splice":
+            # As asyncio's and uvloop's transports do: a relay must not hold back small
+            # writes (Nagle with the peer's delayed ACK stalls request/response traffic).
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
             session.client_sock = sock
             session.start()
         else:
