@@ -73,7 +73,7 @@ def serve_bascule(mode: str, port: int, backend: int) -> None:
 
 def haproxy_config(port: int, backend: int, splice: bool) -> str:
     return f"""global
-    maxconn 20000
+    maxconn 4000
     nbthread 1
 defaults
     mode tcp
