@@ -32,6 +32,7 @@ MYPYC_PACKAGES = (
     "bascule/balance",
     "bascule/observe",
     "bascule/listen",
+    "bascule/l4",
 )
 
 

@@ -5,6 +5,8 @@ The compiled twin is skipped only when its extension is not built; the pure one 
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -29,8 +31,21 @@ TWINS = [
 # the limits tests/integration/test_proxy_errors.py runs bascule with
 LIMITS = Limits(max_uri=1024, max_header_size=4096, max_headers=20, max_request_body=1000)
 
-HEAD_ATTRS = head.RequestHead.__slots__
-RESPONSE_ATTRS = head.ResponseHead.__slots__
+def _slots(cls_name: str) -> tuple[str, ...]:
+    """A class's __slots__, read from head.py's source: a mypyc-compiled class has none."""
+    tree = ast.parse((Path(head.__file__).parent / "head.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == cls_name:
+            for stmt in node.body:
+                target = stmt.targets[0] if isinstance(stmt, ast.Assign) else None
+                if isinstance(target, ast.Name) and target.id == "__slots__":
+                    assert isinstance(stmt, ast.Assign)
+                    return tuple(ast.literal_eval(stmt.value))
+    raise LookupError(cls_name)
+
+
+HEAD_ATTRS = _slots("RequestHead")
+RESPONSE_ATTRS = _slots("ResponseHead")
 
 
 def request(codec: Any, buf: bytes, limits: Limits = LIMITS) -> Any:

@@ -38,6 +38,9 @@ HOT_MODULES = sorted(
         "bascule.codec.chunked",
         "bascule.l7.retry",
         "bascule.upstream.connect",
+        "bascule.listen.listener",
+        "bascule.l4.tcp",
+        "bascule.codec.http1.head",
     }
 )
 
@@ -82,6 +85,16 @@ def test_hot_modules_are_the_expected_build(name: str) -> None:
 
 
 @pytest.mark.skipif(EXPECTED == "", reason="set by make test-pure / make test-compiled")
+def test_the_http1_codec_twin_is_the_expected_build() -> None:
+    """The compiled run must exercise the Cython head codec (its tests skip without it)."""
+    from bascule.codec import http1
+
+    assert ("compiled" if EXPECTED == "compiled" else "pure") == http1.IMPLEMENTATION
+    if EXPECTED == "compiled":
+        assert module_file("bascule.codec.http1._chead").endswith(tuple(EXTENSION_SUFFIXES))
+
+
+@pytest.mark.skipif(EXPECTED == "", reason="set by make test-pure / make test-compiled")
 def test_version_names_the_expected_build() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bascule", "version"],
@@ -115,7 +128,7 @@ def test_mypyc_compiles_every_orchestration_module(setup_module: ModuleType) -> 
     sources = set(setup_module.mypyc_sources(ROOT))
     expected = {
         str(path.relative_to(ROOT))
-        for package in ("l7", "codec", "upstream", "balance", "observe")
+        for package in ("l7", "codec", "upstream", "balance", "observe", "listen", "l4")
         for path in (ROOT / "src/bascule" / package).rglob("*.py")
     }
     assert sources == expected

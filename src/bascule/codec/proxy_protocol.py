@@ -327,7 +327,7 @@ def _check_header(h: ProxyHeader) -> None:
     if h.version == 1:
         if h.tlvs:
             raise ProxyProtocolError("v1 carries no TLVs")
-        if h.family not in (Family.UNSPEC, *_V1_PROTO):
+        if h.family != Family.UNSPEC and h.family not in _V1_PROTO:
             raise ProxyProtocolError(f"v1 cannot carry family {h.family.name}")
         if h.command == Command.PROXY and h.family == Family.UNSPEC:
             raise ProxyProtocolError("v1 says UNKNOWN with a LOCAL header")

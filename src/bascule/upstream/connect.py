@@ -69,6 +69,13 @@ def transparent_socket(client: str) -> socket.socket:
     return sock
 
 
+def _unreserve(pool: Pool, sock: socket.socket | None) -> None:
+    """A connect that made no connection gives back its place in `pool.open`."""
+    pool.open -= 1
+    if sock is not None:
+        sock.close()
+
+
 class Connector:
     """Connects to endpoints from bascule's address, or from the client's (transparent)."""
 
@@ -102,8 +109,9 @@ class Connector:
         source: str,
     ) -> None:
         loop = self.loop
-        sock = None  # transparent proxying's own socket, until a transport owns it
-        conn: C | None = None
+        sock: socket.socket | None = None  # transparent proxying's own, until a transport owns it
+        # No `finally` that reads `conn`: mypyc 2.4.1 type-checks the narrowed variable there
+        # and raises TypeError on None. Each way out undoes the reservation itself.
         try:
             async with asyncio.timeout(connect_timeout):
                 if source:
@@ -115,16 +123,16 @@ class Connector:
                 else:
                     _, conn = await loop.create_connection(factory, endpoint.host, endpoint.port)
         except TimeoutError:
+            _unreserve(pool, sock)
             done(None, 504, f"connect to {endpoint.address} timed out")
             return
         except OSError as e:
+            _unreserve(pool, sock)
             done(None, 502, f"connect to {endpoint.address}: {e.strerror or e}")
             return
-        finally:
-            if conn is None:
-                pool.open -= 1
-                if sock is not None:
-                    sock.close()
+        except BaseException:  # cancelled (the worker stops): give the place back, go on
+            _unreserve(pool, sock)
+            raise
         pool.created += 1
         conn.counted = True  # from here the connection gives back its place in `pool.open`
         if conn.closed:  # lost before it was handed over: as a connect failure
