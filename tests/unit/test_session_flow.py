@@ -3,117 +3,63 @@ in-memory transports, a real HttpSession, Exchange and pooled UpstreamConnection
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from bascule.config.schema import Config
-from bascule.l7.context import ListenerContext
-from bascule.l7.session import HttpSession
-from bascule.l7.upstream import UpstreamConnection
-from bascule.observe.access_log import AccessLog
-from bascule.upstream.cluster import Cluster
+from bascule.testing.fakes import FakeLoop, FakeTransport
+from bascule.testing.playbook import Playbook
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
 
 
-class Timer:
-    def __init__(self, when: float, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
-        self.when = when
-        self.callback = callback
-        self.args = args
-        self.cancelled = False
+class Client:
+    """The client's transport as these tests read it: everything written, in order."""
 
-    def cancel(self) -> None:
-        self.cancelled = True
+    def __init__(self, transport: FakeTransport) -> None:
+        self.transport = transport
 
+    @property
+    def out(self) -> bytes:
+        return bytes(self.transport.data)
 
-class FakeLoop:
-    """What a session asks of its loop: the time and timers, on a clock the test moves."""
+    @property
+    def reading(self) -> bool:
+        return self.transport.reading
 
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.timers: list[Timer] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> Timer:
-        timer = Timer(when, callback, args)
-        self.timers.append(timer)
-        return timer
-
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Timer:
-        return self.call_at(self.now + delay, callback, *args)
-
-    def advance(self, seconds: float) -> None:
-        """Move the clock, running every timer that falls due, in order."""
-        self.now += seconds
-        while True:
-            due = [t for t in self.timers if not t.cancelled and t.when <= self.now]
-            if not due:
-                return
-            timer = min(due, key=lambda t: t.when)
-            self.timers.remove(timer)
-            timer.callback(*timer.args)
+    @property
+    def closed(self) -> bool:
+        return self.transport.closed
 
 
-class Transport:
-    def __init__(self, port: int) -> None:
-        self.peer = ("127.0.0.1", port)
-        self.out = b""
-        self.reading = True
-        self.closed = False
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return self.peer if name == "peername" else default
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def writelines(self, lines: list[bytes]) -> None:
-        self.out += b"".join(lines)
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None: ...
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
-def serve(request_header: float = 1.0) -> tuple[FakeLoop, HttpSession, Transport, Any]:
-    """A session over a cluster of one endpoint with one pooled connection: no connect."""
-    config = Config.model_validate({
+def serve(request_header: float = 1.0) -> tuple[FakeLoop, Any, Client, Any]:
+    """A session over a cluster of one endpoint; its first request opens the connection."""
+    pb = Playbook({
         "listeners": [{"name": "web", "address": "127.0.0.1:1",
                        "timeouts": {"request_header": request_header},
                        "routes": [{"match": {"path_prefix": "/"}, "cluster": "c"}]}],
         "clusters": [{"name": "c", "endpoints": [{"address": "127.0.0.1:2"}],
                       "pool": {"idle_timeout": 0}}],
     })
-    loop = FakeLoop()
-    cluster = Cluster(config.clusters[0])
-    ctx = ListenerContext(config.listeners[0], {"c": cluster}, AccessLog(None), loop)  # type: ignore[arg-type]
-    endpoint = cluster.endpoints[0]
-    upstream = UpstreamConnection(cluster.pools[endpoint], endpoint, loop)  # type: ignore[arg-type]
-    upstream.connection_made(Transport(2))  # type: ignore[arg-type]
-    cluster.pools[endpoint].release(upstream, loop.time())
-    session = HttpSession(ctx)
-    client = Transport(3)
-    session.connection_made(client)  # type: ignore[arg-type]
-    return loop, session, client, upstream
+    down = pb.client()
+
+    class Session:
+        """Sends bytes; connects the endpoint the first time one is asked for."""
+
+        def data_received(self, data: bytes) -> None:
+            down.send(data)
+            if pb.connects:
+                upstream.append(pb.accept().conn)
+
+        def eof_received(self) -> bool | None:
+            return down.half_close()
+
+    upstream: list[Any] = []
+
+    class Upstream:
+        def data_received(self, data: bytes) -> None:
+            upstream[0].data_received(data)
+
+    return pb.loop, Session(), Client(down.transport), Upstream()
 
 
 def test_head_deadline_does_not_run_while_bascule_paused_reading() -> None:
