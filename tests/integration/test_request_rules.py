@@ -8,6 +8,7 @@ requests are sent raw, since an HTTP client library would normalise the shapes u
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,16 @@ from typing import Any
 
 import pytest
 
-from helpers import Backend, BackendHandler, Client, Seen, free_port, proxy_config, running
+from helpers import (
+    Backend,
+    BackendHandler,
+    Client,
+    Seen,
+    free_port,
+    proxy_config,
+    read_response,
+    running,
+)
 
 ADMIN_DENIED: list[dict[str, Any]] = [
     {"match": {"path_prefix": "/admin"}, "direct_response": {"status": 403, "body": "denied\n"}},
@@ -232,3 +242,60 @@ def test_invalid_host_is_refused(tmp_path: Path, recorder: Backend) -> None:
     assert good == dict.fromkeys(good, 200)
     assert absolute == [400, 400, 200, 200]
     assert paths_seen(recorder)[-2:] == ["/?q=1", "/p"]
+
+
+def test_connection_cannot_make_content_length_hop_by_hop(tmp_path: Path, backend: Backend) -> None:
+    port = free_port()
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    with running(proxy_config(port, [backend.address]), tmp_path, port), Client(port) as c:
+        c.send(b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: content-length\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled))
+        status, _, _, _ = c.response()
+        assert status == 200
+    assert [s.path for s in backend.requests] == ["/a"]
+    assert backend.requests[0].body == smuggled
+    assert backend.requests[0].header("Content-Length") == str(len(smuggled))
+
+
+def test_trailers_never_become_header_fields(tmp_path: Path, backend: Backend) -> None:
+    port = free_port()
+    config = proxy_config(port, [backend.address], routes=[
+        {"match": {"path_prefix": "/"}, "cluster": "c", "buffer_request": True}])
+    with running(config, tmp_path, port), Client(port) as c:
+        c.send(b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5\r\nhello\r\n0\r\nHost: other\r\nX-Trailer: t\r\n\r\n")
+        status, _, _, _ = c.response()
+        assert status == 200
+    seen = backend.requests[0]
+    assert seen.body == b"hello"
+    assert seen.header("Host") == "x"
+    assert seen.header("X-Trailer") is None
+
+
+def test_absolute_form_target_replaces_host(tmp_path: Path) -> None:
+    good, evil = Backend(name="good"), Backend(name="evil")
+    port = free_port()
+    config = proxy_config(port, [good.address], routes=[
+        {"match": {"host": "good.example"}, "cluster": "c"},
+        {"match": {"path_prefix": "/"}, "cluster": "e"},
+    ], extra_clusters=[{"name": "e", "endpoints": [{"address": evil.address}]}])
+    try:
+        with running(config, tmp_path, port), Client(port) as c:
+            c.send(b"GET http://user@good.example/p HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+            assert c.response()[0] == 200
+    finally:
+        good.stop()
+        evil.stop()
+    assert not evil.requests
+    assert good.requests[0].path == "/p"
+    assert good.requests[0].header("Host") == "good.example"
+
+
+def test_http10_request_without_host_gets_one_upstream(tmp_path: Path, backend: Backend) -> None:
+    port = free_port()
+    with running(proxy_config(port, [backend.address]), tmp_path, port), \
+            socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /old HTTP/1.0\r\n\r\n")
+        head, _ = read_response(s)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert backend.requests[0].header("Host") == backend.address

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -188,3 +189,75 @@ def test_client_address_from_trusted_proxy_chain(tmp_path: Path, backend: Backen
     assert status_of(b"HTTP/1.1 %d" % out.status_code) == 200
     entry = json.loads(log.read_text().splitlines()[-1])
     assert entry["client"] == "198.51.100.9"
+
+
+def test_endpoint_that_stops_reading_the_body_is_cut_with_504(tmp_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    held: list[socket.socket] = []
+
+    def reads_head_only() -> None:
+        conn, _ = listener.accept()
+        held.append(conn)
+        conn.recv(4096)  # the head, then nothing more: the body backs up
+
+    threading.Thread(target=reads_head_only, daemon=True).start()
+    port = free_port()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    config = proxy_config(port, [address], cluster={"timeouts": {"idle": "500ms"}})
+    size = 64 << 20
+    try:
+        with running(config, tmp_path, port), socket.create_connection(
+            ("127.0.0.1", port), timeout=10
+        ) as s:
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+
+            def send_body() -> None:
+                try:
+                    s.sendall(b"x" * size)
+                except OSError:
+                    pass  # the proxy stops reading and closes: expected
+
+            sender = threading.Thread(target=send_body, daemon=True)
+            sender.start()
+            head, _ = read_response(s, head_only=True)
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert head.startswith(b"HTTP/1.1 504")
+
+
+def test_a_client_that_never_reads_is_cut_after_the_idle_timeout(tmp_path: Path) -> None:
+    block = b"y" * (1 << 20)
+
+    def big(h: BackendHandler, seen: Seen) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(block) * 64))
+        h.end_headers()
+        try:
+            for _ in range(64):
+                h.wfile.write(block)
+        except OSError:
+            pass
+
+    b = Backend(big)
+    port = free_port()
+    config = proxy_config(port, [b.address], listener={"timeouts": {"idle": "500ms"}})
+    try:
+        with running(config, tmp_path, port), socket.create_connection(
+            ("127.0.0.1", port), timeout=10
+        ) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.sendall(b"GET /big HTTP/1.0\r\n\r\n")
+            time.sleep(3.0)  # never read: the proxy must give up on this client
+            received = 0
+            try:
+                while chunk := s.recv(1 << 20):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+    finally:
+        b.stop()
+    assert received < len(block) * 64
