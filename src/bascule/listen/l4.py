@@ -65,6 +65,7 @@ class L4Listener:
                 self._server.close()
             else:
                 self.proxy.stop_serving(self.sock)
+                self.sock.close()  # as Listener.stop does; the server's close does it too
         if self._transport is not None:
             self._transport.close()  # closes the flows too (UdpProxy.connection_lost)
             self._transport = None
