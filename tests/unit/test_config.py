@@ -405,7 +405,7 @@ def test_endpoint_port_zero() -> None:
         (
             "    routes:",
             "    colour: blue\n    routes:",
-            "bascule.yaml:4 listeners[0].colour: unknown key 'colour'",
+            "bascule.yaml:4 listeners[0].colour: unknown key 'colour' (did you mean 'cluster'?)",
         ),
         (
             "      - cluster: app",
@@ -458,7 +458,8 @@ def test_missing_required_key_points_at_its_mapping() -> None:
         (
             "    routes:",
             "    protocol: gopher\n    routes:",
-            "bascule.yaml:4 listeners[0].protocol: expected 'http', got 'gopher'",
+            "bascule.yaml:4 listeners[0].protocol: "
+            "expected 'http', 'tcp' or 'udp', got 'gopher'",
         ),
         (
             "      - address: 127.0.0.1:9002",
@@ -1006,4 +1007,47 @@ def test_unknown_extension_refused(tmp_path: Path, name: str) -> None:
     shown = f"'{suffix}'" if suffix else "none"
     assert _load_error(path) == (
         f"{path}: unknown config file extension {shown}: name it .yaml, .yml, .toml or .json"
+    )
+
+
+L4 = """\
+listeners:
+  - name: t
+    address: 127.0.0.1:0
+    protocol: tcp
+    cluster: app
+clusters:
+  - name: app
+    endpoints: [{address: '127.0.0.1:1'}]
+"""
+
+
+def test_tcp_and_udp_listeners_with_cluster_load() -> None:
+    for protocol in ("tcp", "udp"):
+        config = parse_config(L4.replace("tcp", protocol), "bascule.yaml", "yaml")
+        listener = config.listeners[0]
+        assert (listener.protocol, listener.cluster, listener.routes) == (protocol, "app", [])
+
+
+def test_tcp_listener_unknown_cluster() -> None:
+    text = L4.replace("    cluster: app", "    cluster: ap")
+    assert error_of(text) == "bascule.yaml:5 listeners[0].cluster: no cluster named 'ap'"
+
+
+def test_tcp_listener_refuses_routes() -> None:
+    text = L4.replace("    cluster: app", "    cluster: app\n    routes: [{cluster: app}]")
+    assert error_of(text) == (
+        "bascule.yaml:6 listeners[0].routes: tcp listeners take cluster, not routes"
+    )
+
+
+def test_udp_listener_needs_cluster() -> None:
+    text = L4.replace("tcp", "udp").replace("    cluster: app\n", "")
+    assert error_of(text) == "bascule.yaml:2 listeners[0].cluster: a udp listener needs a cluster"
+
+
+def test_http_listener_refuses_cluster() -> None:
+    text = L4.replace("    protocol: tcp\n", "")
+    assert error_of(text) == (
+        "bascule.yaml:4 listeners[0].cluster: http listeners take routes, not cluster"
     )

@@ -85,6 +85,10 @@ def _unique(names: Indexed[str], key: str, what: str) -> list[PathError]:
 def _references(listeners: Indexed[ListenerConfig], known: set[str]) -> list[PathError]:
     problems = []
     for li, listener in listeners:
+        if listener.cluster is not None and listener.cluster not in known:
+            problems.append(
+                _error(("listeners", li, "cluster"), f"no cluster named {listener.cluster!r}")
+            )
         for ri, route in enumerate(listener.routes):
             targets: list[tuple[KeyPath, str]] = []
             if route.cluster is not None:

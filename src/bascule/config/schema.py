@@ -498,8 +498,10 @@ class ListenerLimits(Model):
 class ListenerConfig(Model):
     name: Name
     address: Address
-    protocol: Literal["http"] = "http"
-    routes: list[RouteConfig] = Field(min_length=1)
+    # http: routes; tcp and udp (L4 full proxy, l4/): one cluster, no routes.
+    protocol: Literal["http", "tcp", "udp"] = "http"
+    routes: list[RouteConfig] = []
+    cluster: Name | None = None  # tcp and udp listeners: the cluster every session goes to
     trusted_proxies: list[str] = []  # CIDRs whose forwarding headers are appended to, not replaced
     forwarded: ForwardedConfig = ForwardedConfig()
     timeouts: ListenerTimeouts = ListenerTimeouts()
@@ -520,6 +522,21 @@ class ListenerConfig(Model):
             except ValueError as e:
                 raise PathError((i,), f"{cidr!r} is not a CIDR such as 10.0.0.0/8") from e
         return value
+
+    @model_validator(mode="after")
+    def _protocol_keys(self) -> ListenerConfig:
+        # Each protocol has its own way to the clusters: refuse the other's key, by name.
+        if self.protocol == "http":
+            if self.cluster is not None:
+                raise PathError(("cluster",), "http listeners take routes, not cluster")
+            if not self.routes:
+                raise PathError(("routes",), "an http listener needs at least one route")
+        else:
+            if "routes" in self.model_fields_set:
+                raise PathError(("routes",), f"{self.protocol} listeners take cluster, not routes")
+            if self.cluster is None:
+                raise PathError(("cluster",), f"a {self.protocol} listener needs a cluster")
+        return self
 
 
 # ---------------------------------------------------------------- root

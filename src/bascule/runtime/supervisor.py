@@ -45,13 +45,16 @@ Printer = Callable[[str], None]
 def bind_listener(spec: ListenerConfig) -> socket.socket:
     host, port = spec.address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # udp listeners: one datagram socket, shared by every worker as the TCP ones are.
+    udp = spec.protocol == "udp"
+    sock = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
-        sock.listen(1024)
+        if not udp:
+            sock.listen(1024)
     except OSError as e:
         sock.close()
         raise StartupError(

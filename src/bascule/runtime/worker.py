@@ -25,6 +25,7 @@ import sys
 
 from bascule.config.schema import Config
 from bascule.l7.context import ListenerContext
+from bascule.listen.l4 import L4Listener
 from bascule.listen.listener import Listener
 from bascule.observe.access_log import AccessLog
 from bascule.runtime import channel
@@ -38,6 +39,7 @@ class Worker:
         self.config = config
         self.sockets = sockets
         self.listeners: list[Listener] = []
+        self.l4_listeners: list[L4Listener] = []  # tcp and udp listeners (listen/l4.py)
         self.clusters: dict[str, Cluster] = {}
         self.access_log = AccessLog(config.access_log.path, config.access_log.format)
         self.stopping: asyncio.Event | None = None
@@ -47,6 +49,11 @@ class Worker:
         self.stopping = asyncio.Event()
         self.clusters = {spec.name: Cluster(spec) for spec in self.config.clusters}
         for spec in self.config.listeners:
+            if spec.protocol != "http":
+                l4 = L4Listener(spec, self.sockets[spec.name], self.clusters, loop)
+                self.l4_listeners.append(l4)
+                await l4.start()
+                continue
             ctx = ListenerContext(spec, self.clusters, self.access_log, loop)
             listener = Listener(spec, self.sockets[spec.name], ctx)
             self.listeners.append(listener)
@@ -63,6 +70,9 @@ class Worker:
     async def drain(self) -> None:
         """Stop accepting, finish in-flight exchanges up to the drain timeout, close the rest."""
         timeout = 0.0
+        for l4 in self.l4_listeners:
+            l4.stop()
+            timeout = max(timeout, l4.spec.timeouts.drain)
         for listener in self.listeners:
             listener.stop()
             listener.ctx.draining = True
@@ -73,14 +83,21 @@ class Worker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         # Sessions end in many places; a 20 Hz poll bounded by the drain timeout is simplest.
-        while any(listener.table for listener in self.listeners) and loop.time() < deadline:  # noqa: ASYNC110
+        while self._busy() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+        for l4 in self.l4_listeners:
+            l4.abort()
         for listener in self.listeners:
             for session in listener.sessions():
                 session.abort()
         for cluster in self.clusters.values():
             cluster.close()
         self.access_log.close()
+
+    def _busy(self) -> bool:
+        return any(listener.table for listener in self.listeners) or any(
+            l4.active() for l4 in self.l4_listeners
+        )
 
 
 async def serve(config: Config, sockets: dict[str, socket.socket]) -> None:
