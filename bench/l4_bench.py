@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 # A sibling module: run as a script, bench/ is first on sys.path.
+from http_bench import backend_conf
 from proc_usage import Usage, tree_usage
 
 HERE = Path(__file__).resolve().parent
@@ -136,26 +137,14 @@ def iperf(port: int, seconds: int, reverse: bool, cpu: int) -> float:
 
 
 def nginx_config(tmp: Path, port: int) -> str:
+    """http_bench's endpoint nginx on one port (its second listen gets a spare port): /small
+    answers 3 bytes, /100k and /10m are files of tmp/www."""
     www = tmp / "www"
     www.mkdir(exist_ok=True)
     for name, size in SIZES.items():
         (www / name).write_bytes(b"x" * size)
-    temp = "\n".join(f"    {k}_temp_path {tmp}/{k};" for k in ("client_body", "proxy", "fastcgi",
-                                                             "uwsgi", "scgi"))  # fmt: skip
     user = "user root;\n" if os.geteuid() == 0 else ""
-    return f"""{user}worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4000; }}
-http {{
-    access_log off;
-    sendfile on;
-    keepalive_requests 1000000;
-{temp}
-    server {{ listen 127.0.0.1:{port}; root {www}; }}
-}}
-"""
+    return backend_conf(tmp, {"backend1": port, "backend2": free_port()}, user)
 
 
 def wrk(port: int, path: str, seconds: int, cpu: int, close: bool) -> tuple[int, float]:
