@@ -9,8 +9,10 @@ library only. Layout on a 2-core machine:
 
 Each proxy gets three scenarios (keep-alive /small, Connection: close /small, keep-alive /100k),
 each after a short warm-up. The proxy's CPU time (its whole process tree, from /proc) is read
-around the measured run, which gives requests/s per proxy core. One table is printed, with
-ratios to haproxy, and written as JSON to bench/results/http-<timestamp>.json.
+around the measured run, user and system apart (bench/proc_usage.py), which gives requests/s
+per proxy core and user/system CPU microseconds per request; the tree's RSS is read at the end
+of each run. One table is printed, with ratios to haproxy, and written as JSON to
+bench/results/http-<timestamp>.json.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+# A sibling module: run as a script, bench/ is first on sys.path.
+from proc_usage import Usage, per_unit_us, tree_usage
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -229,43 +234,6 @@ def check_responses(name: str, port: int) -> None:
 
 
 # ---------------------------------------------------------------- CPU accounting
-
-
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, utime+stime+cutime+cstime in ticks) for every process."""
-    table: dict[int, tuple[int, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        # Fields after "(comm)": state ppid ... utime(14) stime cutime cstime (1-based).
-        rest = data[data.rindex(b")") + 2 :].split()
-        ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
-        table[int(entry)] = (int(rest[1]), ticks)
-    return table
-
-
-def tree_cpu_seconds(root: int) -> tuple[float, int]:
-    """CPU seconds used by root and all its descendants (live ones, plus reaped ones via
-    cutime/cstime), and how many processes the tree has. Per-process stat already sums
-    all its threads."""
-    table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    total, count, todo = 0, 0, [root]
-    while todo:
-        pid = todo.pop()
-        if pid not in table:
-            continue
-        total += table[pid][1]
-        count += 1
-        todo.extend(children.get(pid, ()))
-    return total / CLK_TCK, count
 
 
 def parse_cpu_list(spec: str) -> set[int]:
@@ -568,7 +536,7 @@ def versions(proxies: Sequence[str]) -> dict[str, str]:
 @dataclass(frozen=True)
 class Snapshot:
     t: float
-    proxy: float  # CPU seconds of the proxy's process tree
+    proxy: Usage  # the proxy's process tree (user, system, RSS)
     backends: float  # CPU seconds of the backends' process tree
     proxy_cpus: tuple[float, float]  # (busy, steal) seconds of the proxy's CPUs
     load_cpus: tuple[float, float]  # (busy, steal) seconds of the load CPUs
@@ -588,8 +556,8 @@ class Bench:
     def snapshot(self, proxy_pid: int) -> Snapshot:
         return Snapshot(
             time.monotonic(),
-            tree_cpu_seconds(proxy_pid)[0],
-            tree_cpu_seconds(self.backends.pid)[0],
+            tree_usage(proxy_pid),
+            tree_usage(self.backends.pid).cpu_s,
             cpu_stat(self.pcpus),
             cpu_stat(self.lcpus),
         )
@@ -601,7 +569,6 @@ class Bench:
         s0 = self.snapshot(proc.pid)
         out, wrk_cpu = run_wrk(self.load, port, sc, opts.duration)
         s1 = self.snapshot(proc.pid)
-        nprocs = tree_cpu_seconds(proc.pid)[1]
         if proc.popen.poll() is not None:
             raise BenchError(f"{proc.name} died during {sc.name}:\n{proc.tail()}")
         res = parse_wrk(out)
@@ -610,7 +577,10 @@ class Bench:
         def pct(seconds: float) -> float:
             return 100.0 * seconds / wall
 
-        cpu_pct = pct(s1.proxy - s0.proxy)
+        cpu_pct = pct(s1.proxy.cpu_s - s0.proxy.cpu_s)
+        # Requests served in the measured run (warm-up excluded: it ran before s0).
+        served = res.get("requests") or res["rps"] * wall
+        user_us, sys_us = per_unit_us(s0.proxy, s1.proxy, served)
         proxy_cpus_busy = pct(s1.proxy_cpus[0] - s0.proxy_cpus[0])
         load_cpus_busy = pct(s1.load_cpus[0] - s0.load_cpus[0])
         backends_pct = pct(s1.backends - s0.backends)
@@ -627,7 +597,12 @@ class Bench:
             **res,
             "cpu_pct": cpu_pct,
             "rps_per_core": res["rps"] / (cpu_pct / 100.0) if cpu_pct > 0 else None,
-            "proxy_processes": nprocs,
+            "user_us_per_req": user_us,
+            "sys_us_per_req": sys_us,
+            "cpu_us_per_req": None if user_us is None else user_us + (sys_us or 0.0),
+            "rss_mib": s1.proxy.rss_bytes / 2**20,
+            "rss_before_mib": s0.proxy.rss_bytes / 2**20,
+            "proxy_processes": s1.proxy.processes,
             "load_cpus_busy_pct": load_cpus_busy,
             "backends_cpu_pct": backends_pct,
             "wrk_cpu_pct": wrk_pct,
@@ -707,6 +682,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             "rps": ratio("rps"),
             "rps_per_core": ratio("rps_per_core"),
             "p99": ratio("p99_ms"),
+            "cpu_us_per_req": ratio("cpu_us_per_req"),
+            "rss": ratio("rss_mib"),
         }
 
 
@@ -723,12 +700,16 @@ TABLE = (
     ("p99 ms", lambda r: _fmt(r["p99_ms"], ".2f")),
     ("cpu %", lambda r: _fmt(r["cpu_pct"], ".0f")),
     ("req/s/core", lambda r: _fmt(r["rps_per_core"], ".0f")),
+    ("usr us/req", lambda r: _fmt(r["user_us_per_req"], ".1f")),
+    ("sys us/req", lambda r: _fmt(r["sys_us_per_req"], ".1f")),
+    ("RSS MiB", lambda r: _fmt(r["rss_mib"], ".1f")),
     ("load cpu %", lambda r: _fmt(r["load_cpus_busy_pct"], ".0f")),
     ("noise %", lambda r: _fmt(r["noise_pct"], ".0f")),
     ("errors", lambda r: str(sum(r["errors"].values()))),
     ("rps/hap", lambda r: _fmt((r["vs_haproxy"] or {}).get("rps"), ".2f")),
     ("rps/core/hap", lambda r: _fmt((r["vs_haproxy"] or {}).get("rps_per_core"), ".2f")),
     ("p99/hap", lambda r: _fmt((r["vs_haproxy"] or {}).get("p99"), ".2f")),
+    ("cpu/req/hap", lambda r: _fmt((r["vs_haproxy"] or {}).get("cpu_us_per_req"), ".2f")),
 )
 
 
@@ -752,11 +733,15 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 LEGEND = """\
 cpu %        proxy process tree CPU time / wall time (100 = one core)
 req/s/core   req/s / (cpu % / 100): efficiency, comparable even when the proxy is not saturated
+usr us/req   proxy tree user CPU (utime, all threads and workers) in microseconds per request
+sys us/req   the same for system CPU (stime): kernel work done for the proxy (syscalls, TCP)
+RSS MiB      resident memory of the proxy tree at the end of the run (summed over processes)
 load cpu %   busy % of the CPU(s) running wrk and the backends; near 100 per CPU means the load
              side, not the proxy, capped req/s (compare req/s/core then, not req/s)
 noise %      CPU used on our CPUs by anything else (other containers, kernel threads) plus steal;
              above ~10 the row is unreliable: run again
-x/hap        ratio to haproxy in the same scenario (req/s: >1 is better; p99: >1 is slower)"""
+x/hap        ratio to haproxy in the same scenario (req/s: >1 is better; p99 and cpu/req:
+             >1 is slower / costlier)"""
 
 
 def _bool(text: str) -> bool:

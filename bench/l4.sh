@@ -7,7 +7,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export PATH="$PATH:/usr/sbin:/sbin"
-for tool in haproxy iperf3 taskset; do
+for tool in haproxy iperf3 nginx wrk taskset; do
     command -v "$tool" >/dev/null 2>&1 || { echo "bench: $tool is missing" >&2; exit 1; }
 done
 python="$here/../.venv/bin/python"  # the proxy process imports bascule
