@@ -96,8 +96,7 @@ listen l4
 
 
 def bascule_config(port: int, backend: int, mode: str) -> str:
-    """A `protocol: tcp` listener for `--driver config`. The relay-mode key is a guess at what
-    the config will call it: check config/schema.py when the listener lands."""
+    """A `protocol: tcp` listener for `--driver config`, relaying by `mode` (splice|buffered)."""
     return f"""workers: 1
 listeners:
   - name: l4

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.helpers import free_port, running
 
 
@@ -85,10 +86,11 @@ def _half_close_round_trip(port: int) -> bytes:
     return got
 
 
-def test_tcp_listener_relays_echo_with_half_close(tmp_path: Path) -> None:
+@pytest.mark.parametrize("relay", ["splice", "buffered"])
+def test_tcp_listener_relays_echo_with_half_close(tmp_path: Path, relay: str) -> None:
     port = free_port()
     with tcp_echo() as backend:
-        listener = l4("t", port, "tcp", "c")
+        listener = {**l4("t", port, "tcp", "c"), "relay": relay}
         with running(l4_config([listener], [f"127.0.0.1:{backend}"]), tmp_path, port):
             assert _half_close_round_trip(port) == b"x" * 300_000
 

@@ -502,6 +502,9 @@ class ListenerConfig(Model):
     protocol: Literal["http", "tcp", "udp"] = "http"
     routes: list[RouteConfig] = []
     cluster: Name | None = None  # tcp and udp listeners: the cluster every session goes to
+    # tcp listeners: `splice` moves bytes kernel to kernel (os.splice through a pipe); `buffered`
+    # reads them into bascule, for when something must see them (and where splice is missing)
+    relay: Literal["splice", "buffered"] = "splice"
     trusted_proxies: list[str] = []  # CIDRs whose forwarding headers are appended to, not replaced
     forwarded: ForwardedConfig = ForwardedConfig()
     timeouts: ListenerTimeouts = ListenerTimeouts()

@@ -44,7 +44,9 @@ class L4Listener:
         if spec.protocol == "udp":
             self.udp = UdpProxy(cluster, loop, idle_timeout=idle)
         else:
-            self.proxy = TcpProxy(cluster, Connector(loop), loop, idle_timeout=idle)
+            self.proxy = TcpProxy(
+                cluster, Connector(loop), loop, mode=spec.relay, idle_timeout=idle
+            )
         self._server: asyncio.AbstractServer | None = None
         self._transport: asyncio.BaseTransport | None = None
 
