@@ -1,8 +1,15 @@
-"""A request as the session parsed it: head, framing, and the body not yet forwarded."""
+"""A request as the session parsed it: head, framing, and the body not yet forwarded.
+
+Rules of this module:
+- A Request is built from the codec's RequestHead: it takes the head's fields as they are
+  (no copy of the field list), and adds what the session tracks while the body arrives.
+"""
 
 from __future__ import annotations
 
 from collections import deque
+
+from bascule.codec.http1 import RequestHead
 
 
 class Request:
@@ -28,30 +35,23 @@ class Request:
         "version",
     )
 
-    def __init__(
-        self,
-        method_raw: bytes,
-        target: bytes,
-        version: str,
-        headers: list[tuple[bytes, bytes, bytes]],
-        start: float,
-    ) -> None:
-        self.method = method_raw.decode("ascii", "replace")
-        self.method_raw = method_raw
-        self.target = target
-        self.version = version
+    def __init__(self, head: RequestHead, start: float) -> None:
+        self.method = head.method
+        self.method_raw = head.method_raw
+        self.target = head.target
+        self.version = head.version
         # (lower-cased name, name as sent, value): matching uses the first, forwarding the rest
-        self.headers = headers
+        self.headers = head.fields
         self.start = start
-        self.host = ""  # lower-cased, without port: what routes match
-        self.host_raw = b""  # as the client sent it (Host or the absolute-form authority)
-        self.path = "/"
-        self.query = ""
-        self.keep_alive = True
-        self.framing = 0
-        self.content_length = 0
-        self.conn_tokens: frozenset[bytes] = frozenset()
-        self.expect_continue = False
+        self.host = head.host  # lower-cased, without port: what routes match
+        self.host_raw = head.host_raw  # as the client sent it (Host or the absolute-form authority)
+        self.path = head.path
+        self.query = head.query
+        self.keep_alive = head.keep_alive
+        self.framing = head.framing
+        self.content_length = max(head.content_length, 0)
+        self.conn_tokens = head.conn_tokens
+        self.expect_continue = head.expect_continue
         self.body: deque[bytes] = deque()  # received, not yet forwarded
         self.body_buffered = 0  # bytes in `body`
         self.body_received = 0  # all body bytes received so far

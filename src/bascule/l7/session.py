@@ -9,10 +9,14 @@ Rules of this module:
   nothing, the timer re-arms itself to the earliest one when it fires.
 - A bad request earns its status (400, 408, 413, 414, 431, 501), an access-log line and a
   graceful close; it never touches another connection.
-- A body is always read as a body. llhttp skips the body of a request that asks for an
-  upgrade (`Connection: upgrade` + `Upgrade`); bascule serves such a request as plain HTTP
-  (RFC 9110 §7.8), so it decodes that body itself (`_own_body`) before parsing on, and the
-  body can never run as the client's next request (issue 13: request smuggling).
+- Requests are parsed by bascule's own codec (`codec.http1.parse_request_head`, one call per
+  read): bytes are buffered only while a head is incomplete, and an idle session holds none.
+  The codec applies RFC 9112's rules and the head limits; this module adds the listener's
+  rules (fragments, path normalisation, underscores, max_request_body for chunked bodies).
+- A body is always read as a body, by one reader for every request: Content-Length by
+  counting, chunked by ChunkedDecoder (trailers dropped). A request asking for an upgrade is
+  served as plain HTTP (RFC 9110 §7.8), so its body can never run as the client's next
+  request (issue 13: request smuggling).
 """
 
 from __future__ import annotations
@@ -21,22 +25,14 @@ import asyncio
 import time
 from typing import Final
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
-
 from bascule.codec.chunked import ChunkedDecoder
-from bascule.codec.headers import (
-    connection_tokens,
-    drop_underscored,
-    forwarded_element,
-    route_host,
-)
+from bascule.codec.headers import drop_underscored, forwarded_element, route_host
 from bascule.codec.http1 import (
     CHUNKED,
-    LENGTH,
     ProtocolError,
+    RequestHead,
     error_body,
-    parse_content_length,
-    parse_transfer_encoding,
+    parse_request_head,
     simple_response,
 )
 from bascule.codec.path import FRAGMENT, normalize_path
@@ -62,19 +58,6 @@ _SLICE: Final = 64
 _SLICE_MAX: Final = 16384  # one slice of 6-byte chunks: ~2,700 callbacks, ~2 ms
 _CHUNK_BUDGET: Final = 8
 LINGER_SECONDS: Final = 2.0
-_HEAD_SLACK: Final = 16 * 1024
-_NO_FIELDS: Final[list[tuple[bytes, bytes, bytes]]] = []
-
-_NOT_HOP_BY_HOP: Final = frozenset({b"content-length", b"host", b"transfer-encoding"})
-_SPECIAL: Final = frozenset(
-    {
-        b"host",
-        b"content-length",
-        b"transfer-encoding",
-        b"connection",
-        b"expect",
-    }
-)
 
 
 class HttpSession(asyncio.Protocol):
@@ -82,20 +65,15 @@ class HttpSession(asyncio.Protocol):
         "_body_left",
         "_body_reader",
         "_broken",
+        "_buf",
         "_chunks",
         "_closing",
         "_eof",
-        "_error",
-        "_head_bytes",
-        "_head_size",
-        "_headers",
-        "_heads",
+        "_failed",
         "_identity",
         "_identity_host",
         "_idle",
-        "_in_head",
         "_linger",
-        "_own_body",
         "_parsing",
         "_paused",
         "_paused_at",
@@ -116,7 +94,6 @@ class HttpSession(asyncio.Protocol):
         "idle_deadline",
         "last_read",
         "loop",
-        "parser",
         "peer",
         "peer_port",
         "pending",
@@ -129,7 +106,6 @@ class HttpSession(asyncio.Protocol):
         self.ctx = ctx
         self.loop = ctx.loop
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.parser = HttpRequestParser(self)
         self.peer = ""
         self.peer_port = 0
         self.exchange: Exchange | None = None
@@ -137,22 +113,16 @@ class HttpSession(asyncio.Protocol):
         # empty deque costs 760 bytes on every idle keep-alive connection
         self.pending: list[Request] = []
         self._parsing: Request | None = None
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes, bytes]] = []
-        self._head_size = 0
-        self._head_bytes = 0
-        self._heads = 0  # heads parsed on this connection
-        self._in_head = True
+        self._url = b""  # the target of a refused head, for its log line
+        self._buf = b""  # an incomplete head; empty between requests
+        self._failed = False  # a protocol error: nothing more is parsed
         self._paused = 0
         self._paused_at = 0.0  # when reading last paused, to hold the head deadline meanwhile
         self._eof = False  # the client half-closed: nothing more to read after what is parsed
         self._closing = False
         self._linger: asyncio.TimerHandle | None = None
-        # the request whose body bascule decodes itself (see the module rules)
-        self._own_body: Request | None = None
         self._body_reader: ChunkedDecoder | None = None  # chunked; else `_body_left` bytes
         self._body_left = 0
-        self._error: ProtocolError | None = None
         self._broken: ProtocolError | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = INF
@@ -192,7 +162,7 @@ class HttpSession(asyncio.Protocol):
         self.arm(self.header_deadline)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._failed:
             return
         if self._idle:
             self._idle = False
@@ -200,44 +170,59 @@ class HttpSession(asyncio.Protocol):
         elif self._refused:
             self._answer_refused()
             return
-        if not self._slicing and len(data) > _SLICE:
-            request = self._parsing
-            if request is not None and request.framing == CHUNKED:
-                self._feed_fairly(data)
-                return
-        self.last_read = self.loop.time()
-        if self._own_body is not None:
-            data = self._feed_own_body(data)
-            if not data:
-                if not self._slicing and not self._closing:
-                    self._after_read()
-                return
-        heads_before = self._heads
-        try:
-            self.parser.feed_data(data)
-        except HttpParserUpgrade as e:
-            # `Connection: upgrade` made llhttp stop after the head. bascule strips Upgrade and
-            # serves the request as plain HTTP: its body (if any) is decoded by `_own_body`,
-            # then what follows is parsed as the next request by a fresh parser.
-            offset = e.args[0] if e.args else len(data)
-            self.parser = HttpRequestParser(self)
-            if offset < len(data) and not self._closing:
-                self.data_received(data[offset:])
-        except HttpParserError as e:
-            err = self._error or ProtocolError(f"malformed request: {e}")
-            self._error = None
-            self._protocol_error(err)
+        if not self._slicing and len(data) > _SLICE and self._body_reader is not None:
+            self._feed_fairly(data)
             return
-        if self._in_head and self._heads == heads_before:
-            # llhttp keeps an unfinished field line to itself, so a head that never ends
-            # is bounded here, by the bytes fed while no head completed.
-            self._head_bytes += len(data)
-            limits = self.ctx.limits
-            if self._head_bytes > limits.max_header_size + limits.max_uri + _HEAD_SLACK:
-                self._protocol_error(ProtocolError("request head too large", 431))
-                return
-        if not self._slicing:
+        self.last_read = self.loop.time()
+        while data and not self._closing and not self._failed:
+            data = self._feed_body(data) if self._parsing is not None else self._feed_head(data)
+        if not self._slicing and not self._closing:
             self._after_read()
+
+    def _feed_head(self, data: bytes) -> bytes:
+        """Parse a head from what is buffered and `data`; returns the bytes after it (b""
+        while it is incomplete, or after a refusal)."""
+        if self.idle_deadline:
+            self.idle_deadline = 0.0
+        if not self.header_deadline:
+            self.header_deadline = self.loop.time() + self.ctx.timeouts.request_header
+            self.arm(self.header_deadline)
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        try:
+            head = parse_request_head(buf, self.ctx.limits)
+            if head is None:
+                # the codec refuses a partial head beyond the limits: the buffer is bounded
+                self._buf = buf
+                return b""
+            request = self._request_of(head)
+        except ProtocolError as err:
+            self._url = _target_of(buf)
+            self._failed = True
+            self._protocol_error(err)
+            return b""
+        self._on_head(request)
+        return buf[head.end :]
+
+    def _on_head(self, request: Request) -> None:
+        self.header_deadline = 0.0
+        self._parsing = request
+        if request.framing:
+            self.body_deadline = self.loop.time() + self.ctx.timeouts.request_body
+            self.arm(self.body_deadline)
+            if request.framing == CHUNKED:
+                self._body_reader = ChunkedDecoder(self.ctx.limits.max_header_size)
+            else:
+                self._body_left = request.content_length
+        else:
+            request.complete = True  # nothing follows the head: it can be sent (and retried) whole
+        if self.exchange is None and not self.pending:
+            self._start(request)
+        else:
+            self.pending.append(request)
+            self.pause_reading(PIPELINE)
+        if not request.framing and self._parsing is request:
+            self._parsing = None
 
     def _after_read(self) -> None:
         """Once per read: send the body chunks it yielded in one write, time a new body."""
@@ -342,89 +327,47 @@ class HttpSession(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.client_resume_writing()
 
-    # ------------------------------------------------------------ httptools callbacks
+    # ------------------------------------------------------------ bodies
 
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._url = b""
-        self._headers = []
-        self._head_size = 0
-        if self.idle_deadline:
-            self.idle_deadline = 0.0
-        if not self.header_deadline:
-            self.header_deadline = self.loop.time() + self.ctx.timeouts.request_header
-            self.arm(self.header_deadline)
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.ctx.limits.max_uri:
-            self._error = ProtocolError("request target too long", 414)
-            raise self._error
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        limits = self.ctx.limits
-        if self._head_size > limits.max_header_size:
-            self._error = ProtocolError("request header fields too large", 431)
-            raise self._error
-        if len(self._headers) >= limits.max_headers:
-            self._error = ProtocolError("too many header fields", 431)
-            raise self._error
-        if not self._in_head:
-            # A trailer field of a chunked body: bascule does not forward trailers, and must
-            # never let one pass as a header field the route did not see.
-            return
-        self._headers.append((name.lower(), name, value))
-
-    def on_headers_complete(self) -> None:
-        now = self.loop.time()
-        started = time.monotonic()
-        self._in_head = False
-        self._head_bytes = 0
-        self._heads += 1
-        self.header_deadline = 0.0
-        parser = self.parser
-        method_raw = parser.get_method()
-        request = Request(method_raw, self._url, parser.get_http_version(), self._headers, started)
-        request.keep_alive = parser.should_keep_alive()
-        try:
-            self._check_head(request)
-        except ProtocolError as e:
-            self._error = e
-            raise  # `_url` stays: the refusal's log line names the target
-        # The request owns its fields now; an idle session keeps no copy (trailer fields are
-        # never appended: on_header drops them once the head is done).
-        self._headers = _NO_FIELDS
-        self._url = b""
-        self._parsing = request
-        if request.framing:
-            self.body_deadline = now + self.ctx.timeouts.request_body
-            self.arm(self.body_deadline)
-            if parser.should_upgrade():
-                # llhttp will skip this body and call the message complete: read it ourselves.
-                self._own_body = request
-                if request.framing == CHUNKED:
-                    self._body_reader = ChunkedDecoder(self.ctx.limits.max_header_size)
-                else:
-                    self._body_left = request.content_length
-        else:
-            request.complete = True  # nothing follows the head: it can be sent (and retried) whole
-        if self.exchange is None and not self.pending:
-            self._start(request)
-        else:
-            self.pending.append(request)
-            self.pause_reading(PIPELINE)
-
-    def on_body(self, body: bytes) -> None:
+    def _feed_body(self, data: bytes) -> bytes:
+        """Read the body of `_parsing` from `data`; returns the bytes after it (b"" while it
+        goes on, or after a refusal)."""
         request = self._parsing
-        if request is None:
-            return
+        assert request is not None
+        reader = self._body_reader
+        try:
+            if reader is not None:
+                pieces, done, rest = reader.feed(data)
+                for piece in pieces:
+                    self._on_body(request, piece)
+            else:
+                take = min(self._body_left, len(data))
+                self._body_left -= take
+                done = not self._body_left
+                rest = data[take:] if take < len(data) else b""
+                self._on_body(request, data[:take] if rest else data)
+        except ProtocolError as err:
+            self._body_reader = None
+            self._failed = True
+            self._protocol_error(err)
+            return b""
+        if not done:
+            return b""
+        self._body_reader = None
+        self._parsing = None
+        self.body_deadline = 0.0
+        request.complete = True
+        exchange = self.exchange
+        if exchange is not None and exchange.request is request:
+            exchange.on_request_complete()
+        return rest
+
+    def _on_body(self, request: Request, body: bytes) -> None:
         self._chunks += 1
         request.body_received += len(body)
         limit = self.ctx.limits.max_request_body
         if limit and request.body_received > limit:
-            self._error = ProtocolError("request body too large", 413)
-            raise self._error
+            raise ProtocolError("request body too large", 413)
         exchange = self.exchange
         if exchange is not None and exchange.request is request:
             exchange.on_request_body(body)
@@ -432,128 +375,23 @@ class HttpSession(asyncio.Protocol):
             request.body.append(body)
             request.body_buffered += len(body)
 
-    def on_message_complete(self) -> None:
-        if self._own_body is not None:
-            return  # llhttp's word for a body it skipped: `_feed_own_body` ends this message
-        self._in_head = True
-        self._head_bytes = 0
-        request = self._parsing
-        if request is None:
-            return
-        self._parsing = None
-        if request.complete:  # a request without body was complete at its head
-            return
-        self.body_deadline = 0.0
-        request.complete = True
-        exchange = self.exchange
-        if exchange is not None and exchange.request is request:
-            exchange.on_request_complete()
+    # ------------------------------------------------------------ request rules
 
-    def _feed_own_body(self, data: bytes) -> bytes:
-        """Decode the body llhttp skipped; returns the bytes after it (b"" while it goes on)."""
-        reader = self._body_reader
-        try:
-            if reader is not None:
-                pieces, done, rest = reader.feed(data)
-                for piece in pieces:
-                    self.on_body(piece)
-            else:
-                take = min(self._body_left, len(data))
-                self._body_left -= take
-                done = not self._body_left
-                rest = data[take:]
-                if take:
-                    self.on_body(data[:take] if rest else data)
-        except ProtocolError as err:
-            self._error = None
-            self._own_body = self._body_reader = None
-            self._protocol_error(err)
-            return b""
-        if not done:
-            return b""
-        self._own_body = self._body_reader = None
-        self.on_message_complete()
-        return b"" if self._closing else rest
-
-    # ------------------------------------------------------------ request head rules
-
-    def _check_head(self, request: Request) -> None:
-        """RFC 9112 framing, Host and path syntax, the listener's limits and request rules;
-        raises ProtocolError with the status. Leaves the path and target normalised."""
-        hosts: list[bytes] = []
-        lengths: list[bytes] = []
-        codings: list[bytes] = []
-        connection: list[bytes] = []
-        for lname, _, value in request.headers:
-            if lname in _SPECIAL:
-                if lname == b"host":
-                    hosts.append(value)
-                elif lname == b"content-length":
-                    lengths.append(value)
-                elif lname == b"transfer-encoding":
-                    codings.append(value)
-                elif lname == b"connection":
-                    connection.append(value)
-                elif value.strip().lower() == b"100-continue":
-                    request.expect_continue = True
-        if request.method == "CONNECT":
-            raise ProtocolError("CONNECT is not supported by a reverse proxy", 501)
-        if len(hosts) > 1:
-            raise ProtocolError("more than one Host header")
-        if not hosts and request.version == "1.1":
-            raise ProtocolError("HTTP/1.1 request without Host")
-        if codings:
-            if lengths:
-                raise ProtocolError("both Content-Length and Transfer-Encoding")
-            if request.version != "1.1":
-                raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
-            parse_transfer_encoding(codings)
-            request.framing = CHUNKED
-        elif lengths:
-            request.content_length = n = parse_content_length(lengths)
-            if n:
-                request.framing = LENGTH
-                limit = self.ctx.limits.max_request_body
-                if limit and n > limit:
-                    raise ProtocolError("request body too large", 413)
-        if connection:
-            # A client may not make framing or Host "hop-by-hop": dropping them would let the
-            # body be read as a second request upstream (smuggling).
-            request.conn_tokens = connection_tokens(connection) - _NOT_HOP_BY_HOP
-        ctx = self.ctx
-        if ctx.underscores != "allow":
-            request.headers = drop_underscored(request.headers, ctx.underscores)
+    def _request_of(self, head: RequestHead) -> Request:
+        """The request the exchange serves: the codec's head under the listener's rules (no
+        fragment, the path normalised, underscored fields handled). Raises ProtocolError."""
+        request = Request(head, time.monotonic())
         target = request.target
         if FRAGMENT in target:
             # RFC 9112 §3.2: no fragment; servers differ on where the path ends if one is sent
             raise ProtocolError("fragment (#) in the request target")
-        if target[:1] != b"/":
-            if target == b"*" and request.method == "OPTIONS":
-                pass
-            elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
-                # absolute-form (RFC 9112 §3.2.2): its authority replaces Host
-                rest = target.split(b"://", 1)[1]
-                end = len(rest)
-                for delimiter in (b"/", b"?"):
-                    found = rest.find(delimiter)
-                    if 0 <= found < end:
-                        end = found
-                authority = rest[:end].rpartition(b"@")[2]  # no userinfo upstream
-                if not authority:
-                    raise ProtocolError("absolute-form target without a host")
-                hosts = [authority]
-                # RFC 9112 §3.2.2: the target's authority replaces any Host field.
-                request.headers = [h for h in request.headers if h[0] != b"host"]
-                request.headers.append((b"host", b"Host", authority))
-                path_and_query = rest[end:]
-                if path_and_query[:1] != b"/":
-                    path_and_query = b"/" + path_and_query
-                request.target = target = path_and_query
-            else:
-                raise ProtocolError("invalid request target")
-        raw_path, mark, query = target.partition(b"?")
-        request.path = path = raw_path.decode("latin-1")
-        request.query = query.decode("latin-1")
+        if request.host_raw:
+            # the host's syntax (RFC 3986), stricter than the codec's, is what routes match
+            request.host = route_host(request.host_raw)
+        ctx = self.ctx
+        if ctx.underscores != "allow":
+            request.headers = drop_underscored(request.headers, ctx.underscores)
+        path = request.path
         if path != "*":
             normal = normalize_path(
                 path, ctx.normalize_path, ctx.merge_slashes, ctx.escaped_slashes
@@ -561,10 +399,9 @@ class HttpSession(asyncio.Protocol):
             if normal != path:
                 # what the route matches is what goes upstream and into the access log
                 request.path = normal
+                _, mark, query = target.partition(b"?")
                 request.target = normal.encode("latin-1") + mark + query
-        if hosts:
-            request.host_raw = hosts[0].strip()
-            request.host = route_host(request.host_raw)
+        return request
 
     def identity(self, host: bytes) -> bytes:
         """The client-identity fields bascule adds for an untrusted client, per session.
@@ -790,7 +627,8 @@ class HttpSession(asyncio.Protocol):
             if d <= now:
                 self.header_deadline = 0.0
                 if self.exchange is None:
-                    self.log_local("-", self._url.decode("latin-1"), 408, "request header timeout")
+                    uri = _target_of(self._buf).decode("latin-1")
+                    self.log_local("-", uri, 408, "request header timeout")
                     self.send_error(408, "request header timeout")
                     return
                 # answered once the exchange in progress is done; its own deadlines go on
@@ -843,3 +681,11 @@ class HttpSession(asyncio.Protocol):
             nxt = min(nxt, d)
         if nxt < INF:
             self.arm(nxt)
+
+
+def _target_of(buf: bytes) -> bytes:
+    """The target of a refused head as far as it arrived, for the log line ("" if none)."""
+    line = buf.lstrip(b"\r\n")[:8192]
+    line = line[: line.find(b"\r\n")] if b"\r\n" in line else line
+    parts = line.split(b" ", 2)
+    return parts[1] if len(parts) > 1 else b""
