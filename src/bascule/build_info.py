@@ -21,7 +21,7 @@ from bascule import __version__
 COMPILED_MODULES = (
     "bascule.l7.exchange",
     "bascule.l7.session",
-    "bascule.l7.upstream",
+    "bascule.l7.h1.client",
     "bascule.l7.router",
     "bascule.codec.http1",
     "bascule.codec.headers",

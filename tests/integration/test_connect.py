@@ -7,7 +7,7 @@ import asyncio
 import socket
 
 from bascule.config.schema import EndpointConfig
-from bascule.l7.upstream import UpstreamConnection
+from bascule.l7.h1.client import UpstreamConnection
 from bascule.upstream.cluster import make_endpoint
 from bascule.upstream.connect import Connection, Connector
 from bascule.upstream.pool import Pool, PoolKey

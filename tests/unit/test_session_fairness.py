@@ -11,8 +11,8 @@ import uvloop
 
 from bascule.config.schema import Config
 from bascule.l7.context import ListenerContext
+from bascule.l7.h1.client import UpstreamConnection
 from bascule.l7.session import FAIR, HttpSession
-from bascule.l7.upstream import UpstreamConnection
 from bascule.observe.access_log import AccessLog
 from bascule.upstream.cluster import Cluster
 from helpers import proxy_config

@@ -18,7 +18,6 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -28,7 +27,6 @@ from bascule.codec.headers import (
     IDENTITY,
     UNDERSCORE_IDENTITY,
     client_from_xff,
-    connection_tokens,
     cookie_values,
     forwarded_element,
     split_list,
@@ -40,15 +38,17 @@ from bascule.codec.http1 import (
     LAST_CHUNK,
     LENGTH,
     NO_BODY,
+    UNTIL_CLOSE,
+    Field,
+    ResponseHead,
     error_body,
-    response_has_body,
     simple_response,
 )
 from bascule.codec.path import resolve_path
+from bascule.l7.h1.client import UpstreamConnection
 from bascule.l7.http_date import HTTP_DATE
 from bascule.l7.retry import may_retry
 from bascule.l7.router import DIRECT, REDIRECT, Route
-from bascule.l7.upstream import UpstreamConnection
 from bascule.observe.access_log import ExchangeRecord
 from bascule.upstream.admission import Refuse, admit
 from bascule.upstream.cluster import COOKIE, HEADER, QUERY, SOURCE_IP, URI
@@ -77,22 +77,27 @@ _GATEWAY_PHRASES: Final = {
     503: "no upstream server is available, try again later",
     504: "the upstream server did not answer in time",
 }
-# Response fields bascule re-frames or drops: hop-by-hop ones and Content-Length. Matched on a
-# lower-cased head (llhttp has refused whitespace before the colon and obs-fold already).
-_RESPONSE_FIELDS: Final = re.compile(
-    rb"\n(connection|keep-alive|proxy-connection|te|transfer-encoding|upgrade|trailer"
-    rb"|proxy-authenticate|proxy-authorization|content-length):"
-)
+# Response fields bascule re-frames or drops whatever the response: hop-by-hop ones (RFC 9110
+# §7.6.1) and Content-Length, which is written once with the framing bascule chooses.
+_RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"}
 
 
-def _drop_fields(block: bytes, names: frozenset[bytes]) -> bytes:
-    """Remove the field lines with these (lower-case) names from a CRLF-separated block."""
-    kept = [
-        line
-        for line in block.split(b"\r\n")
-        if line and line.split(b":", 1)[0].strip().lower() not in names
-    ]
-    return b"".join(line + b"\r\n" for line in kept)
+def _drop_fields(block: bytes, fields: list[Field], names: frozenset[bytes]) -> bytes:
+    """The field lines of `block` (one per entry of `fields`, CRLF-ended) whose lower-cased
+    names are not in `names`; the block itself when it keeps them all."""
+    for lname, _, _ in fields:
+        if lname in names:
+            break
+    else:
+        return block
+    lines = block.split(b"\r\n")
+    return b"".join(
+        [
+            line + b"\r\n"
+            for line, (lname, _, _) in zip(lines, fields, strict=False)
+            if lname not in names
+        ]
+    )
 
 
 class Exchange:
@@ -384,7 +389,7 @@ class Exchange:
     def _attach(self, conn: UpstreamConnection) -> None:
         self.conn = conn
         request = self.request
-        conn.lend(self, request.method == "HEAD")
+        conn.lend(self, request.method)
         self.t_upstream = time.monotonic()
         if self.session.write_paused_since:
             # the client stopped reading during an earlier exchange: read the endpoint only
@@ -583,76 +588,54 @@ class Exchange:
 
     # ------------------------------------------------------------ response from upstream
 
-    def on_response_head(self, conn: UpstreamConnection, status: int, head: bytes) -> None:
+    def on_response_head(self, conn: UpstreamConnection, head: ResponseHead, buf: bytes) -> None:
         """Relay a response head: its fields nearly verbatim, framing and hop-by-hop redone.
 
-        `head` is the status line and the field lines, each ending in CRLF, as received.
-        Fields bascule must act on are found and cut by one regular expression in C, so a
-        typical head costs a few calls whatever its number of fields.
+        `head` is the codec's verdict on the head at the start of `buf`: the field lines are
+        relayed as received, less the ones bascule drops, with framing written once here.
         """
         if conn is not self.conn or self.finished:
             return
         request = self.request
-        line_end = head.find(b"\r\n")
-        reason = head[8:line_end]  # b" 200 OK": the status line after its version
-        # One pass in C over a lower-cased copy finds the fields bascule acts on; the rest
-        # of the head is copied in slices between them.
-        pieces = []
-        prev = line_end + 2
-        length: bytes | None = None
-        chunked = False
-        tokens = b""
-        for m in _RESPONSE_FIELDS.finditer(head.lower(), line_end):
-            start = m.start() + 1
-            stop = head.find(b"\r\n", start) + 2
-            name = m.group(1)
-            if name == b"content-length":
-                length = head[m.end() : stop - 2].strip()
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"connection":
-                value = head[m.end() : stop - 2].strip().lower()
-                if value not in _PLAIN_CONNECTION:
-                    tokens += b"," + value
-            pieces.append(head[prev:start])
-            prev = stop
-        pieces.append(head[prev:])
-        block = b"".join(pieces)
+        status = head.status
+        start = head.fields_start
+        reason = buf[8 : start - 2]  # b" 200 OK": the status line after its version
+        block = buf[start : head.end - 2]  # the field lines, each ending in CRLF
         if status < 200:
             if status == 101:
                 self.upstream_failed(conn, "endpoint switched protocols unasked")
             elif request.version == "1.1" and not self.response_started:
+                block = _drop_fields(block, head.fields, _RESPONSE_DROP)
                 self.out.append(b"HTTP/1.1%s\r\n%s\r\n" % (reason, block))
             return
+        route = self.route
+        assert route is not None
+        edits = route.response_edits
+        drop = _RESPONSE_DROP
+        tokens = head.conn_tokens
+        if tokens:
+            drop = drop | (tokens - _PLAIN_CONNECTION)
+        if edits.remove:
+            drop = drop | edits.remove
+        block = _drop_fields(block, head.fields, drop)
         now = self.loop.time()
         self.t_header = time.monotonic()
         self.deadline_response = 0.0
         self.status = status
-        if tokens:
-            named = connection_tokens([tokens]) - _PLAIN_CONNECTION
-            if named:
-                block = _drop_fields(block, named)
-        route = self.route
-        assert route is not None
-        edits = route.response_edits
-        if edits.remove:
-            block = _drop_fields(block, edits.remove)
         parts = [b"HTTP/1.1", reason, b"\r\n", block]
-        client_11 = request.version == "1.1"
-        if not response_has_body(request.method, status):
-            if length is not None and not chunked:
-                parts.append(b"Content-Length: %s\r\n" % length)
-        elif chunked or length is None:
+        framing = head.framing
+        if framing in (NO_BODY, LENGTH):
+            if head.content_length >= 0:
+                parts.append(b"Content-Length: %d\r\n" % head.content_length)
+        else:
             # chunked or close-delimited upstream: re-chunk for 1.1, close-delimit for 1.0
-            self.until_close = not chunked
-            if client_11:
+            self.until_close = framing == UNTIL_CLOSE
+            if request.version == "1.1":
                 self.client_chunked = True
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.close_after = True
-        else:
-            parts.append(b"Content-Length: %s\r\n" % length)
-            conn.body_length = int(length)
+        client_11 = request.version == "1.1"
         if not request.keep_alive or self.ctx.draining:
             self.close_after = True
         if self.close_after:

@@ -13,8 +13,8 @@ from typing import Any
 
 from bascule.config.schema import Config
 from bascule.l7.context import ListenerContext
+from bascule.l7.h1.client import UpstreamConnection
 from bascule.l7.session import HttpSession
-from bascule.l7.upstream import UpstreamConnection
 from bascule.observe.access_log import AccessLog
 from bascule.testing.fakes import FakeLoop, FakeTransport, ScriptedConnector
 from bascule.upstream.cluster import Cluster
