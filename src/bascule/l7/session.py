@@ -632,6 +632,7 @@ class HttpSession(asyncio.Protocol):
                     self.send_error(408, "request header timeout")
                     return
                 # answered once the exchange in progress is done; its own deadlines go on
+                self._url = _target_of(self._buf)  # for that answer's log line
                 self._broken = ProtocolError("request header timeout", 408)
                 self.pause_reading(PIPELINE)
             else:
