@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers import free_port, running
+
+from helpers import free_port, running
 
 
 class _Echo(socketserver.BaseRequestHandler):
