@@ -5,7 +5,7 @@ connection goes back to its pool."""
 from __future__ import annotations
 
 import pytest
-from tests.unit.test_exchange_playbook import OK, OK_RELAYED, config
+from test_exchange_playbook import OK, OK_RELAYED, config
 
 from bascule.codec.chunked import ChunkedDecoder
 from bascule.testing.playbook import Downstream, Playbook, Upstream
